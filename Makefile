@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine:  make workbook  (run everything)  and  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+READY  := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+SWEEPS := $(filter-out params/tables/paper_%,$(wildcard params/tables/*.yaml))
+
+.PHONY: setup workbook test lab tables results clean-outputs
+
+setup: $(READY)
+
+# Re-installs when the dependencies change; registers the Jupyter kernel for JupyterLab users.
+$(READY): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m ipykernel install --user --name vici-workbook --display-name "VICI workbook (.venv)" >/dev/null
+	touch $(READY)
+
+workbook: setup
+	$(PY) -m vici_utils run $(PARAMS)
+
+test: setup
+	$(PY) -m pytest -q
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+tables: setup
+	set -e; for f in $(SWEEPS); do $(PY) -m vici_utils sweep $$f; done
+	$(MAKE) results
+
+results: setup
+	$(PY) -m vici_utils results
+
+clean-outputs:
+	rm -rf outputs/*/

@@ -1,0 +1,157 @@
+"""Speed of the retrieval metric and of faiss search (prints figures; never a timed test).
+
+1. The official street -> satellite metric on University-1652's shape (2,579 queries of 701 buildings against a
+   951-image gallery: the 701 buildings plus 250 distractors), on one CPU core, vectorised (vici_utils.metrics)
+   against a per-query loop in the style of the official evaluator (per query: score, argsort, find good and junk,
+   CMC and AP), timed in the same run. Goal: <= 50 ms and >= 100x the loop.
+2. Exact faiss search (IndexFlatIP) over a synthetic 1M x 1024 gallery on 2 cores, in queries per second, and
+   optionally HNSW (approximate) on a smaller gallery, with its recall against exact search.
+
+    python benchmarks/bench_metrics.py [--dim 512] [--gallery 1000000] [--queries 256] [--hnsw 100000]
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy / torch / faiss load their thread pools
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+import torch
+
+from vici_utils import metrics
+
+torch.set_num_threads(1)
+faiss.omp_set_num_threads(1)
+
+
+def best_of(fn, repeats: int) -> float:
+    """Fastest wall time of `repeats` calls, in seconds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def normalised(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def university1652_like(dim: int, seed: int = 0):
+    """Features and ids shaped like the street -> satellite test: noisy queries of their building's satellite."""
+    rng = np.random.default_rng(seed)
+    buildings = [f"{i:04d}" for i in range(951)]
+    gallery = normalised(rng.standard_normal((951, dim), dtype=np.float32))
+    owner = np.sort(np.concatenate([np.arange(701), rng.integers(0, 701, 2579 - 701)]))  # every building asked
+    queries = normalised(gallery[owner] + 6.0 * rng.standard_normal((2579, dim), dtype=np.float32) / np.sqrt(dim))
+    return queries.astype(np.float32), gallery, [buildings[i] for i in owner], buildings
+
+
+def loop_metric(scores_of, query_ids, gallery_ids):
+    """The official evaluator's structure: one query at a time (scores_of(i) gives that query's gallery scores)."""
+    gl, ql = np.asarray(gallery_ids), np.asarray(query_ids)
+    cmc, ap = np.zeros(len(gl)), 0.0
+    for i in range(len(ql)):
+        index = np.argsort(scores_of(i))[::-1]
+        good = np.argwhere(gl == ql[i]).ravel()
+        junk = np.argwhere(gl == "-1").ravel()
+        if good.size == 0:
+            continue
+        index = index[np.isin(index, junk, invert=True)]
+        rows = np.flatnonzero(np.isin(index, good))
+        cmc[rows[0]:] += 1
+        for j, r in enumerate(rows):
+            precision = (j + 1) / (r + 1)
+            old = j / r if r else 1.0
+            ap += (old + precision) / 2 / len(rows)
+    return cmc / len(ql) * 100, ap / len(ql) * 100
+
+
+def bench_metric(dim: int) -> None:
+    q, g, qid, gid = university1652_like(dim)
+    scores = q @ g.T
+    print(f"metric: {len(q)} queries x {len(g)} gallery ({len(set(qid))} query buildings + "
+          f"{len(g) - len(set(qid))} distractors), dim {dim}, 1 thread")
+
+    m = metrics.evaluate(q, g, qid, gid)
+    cmc, ap = loop_metric(lambda i: g @ q[i], qid, gid)
+    assert np.allclose(m["cmc"], cmc) and abs(m["AP"] - ap) < 1e-6, "vectorised and loop metrics disagree"
+    print(f"  R@1 {m['R@1']:.2f}  R@5 {m['R@5']:.2f}  R@10 {m['R@10']:.2f}  AP {m['AP']:.2f} (both agree)")
+
+    rows = [
+        ("from features (scores + metric)", lambda: metrics.evaluate(q, g, qid, gid),
+         lambda: loop_metric(lambda i: g @ q[i], qid, gid)),
+        ("from the score matrix (metric alone)", lambda: metrics.evaluate_scores(scores, qid, gid),
+         lambda: loop_metric(lambda i: scores[i], qid, gid)),
+    ]
+    for name, fast, slow in rows:
+        t_fast, t_slow = best_of(fast, 5), best_of(slow, 1)
+        print(f"  {name:38s} vectorised {t_fast * 1e3:7.1f} ms   per-query loop {t_slow * 1e3:8.1f} ms   "
+              f"ratio {t_slow / t_fast:6.1f}x")
+    t_rank = best_of(lambda: metrics.evaluate_ranking(metrics.full_ranking(q, g), qid, gid), 3)
+    print(f"  {'full_ranking + evaluate_ranking':38s} vectorised {t_rank * 1e3:7.1f} ms (sorts every row)")
+
+
+def synthetic_gallery(n: int, dim: int, seed: int = 1, chunk: int = 1 << 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, chunk):
+        out[s:s + chunk] = normalised(rng.standard_normal((min(chunk, n - s), dim), dtype=np.float32))
+    return out
+
+
+def bench_search(n: int, dim: int, n_queries: int, hnsw: int) -> None:
+    faiss.omp_set_num_threads(2)
+    print(f"\nfaiss search: gallery {n:,} x {dim} float32 ({n * dim * 4 / 2**30:.1f} GiB), {n_queries} queries, "
+          f"top-10, 2 threads")
+    gallery = synthetic_gallery(n, dim)
+    rng = np.random.default_rng(2)
+    picks = rng.integers(0, n, n_queries)
+    queries = normalised(gallery[picks] + 0.5 * rng.standard_normal((n_queries, dim), dtype=np.float32)
+                         / np.sqrt(dim)).astype(np.float32)
+    t = time.perf_counter()
+    index = metrics.build_index(gallery, "flat")
+    t_build = time.perf_counter() - t
+    t = time.perf_counter()
+    _, exact = metrics.search(queries, index, 10)
+    t_search = time.perf_counter() - t
+    print(f"  flat (exact): add {t_build:.1f} s, search {t_search:.2f} s = {n_queries / t_search:,.0f} queries/s, "
+          f"true neighbour found first {np.mean(exact[:, 0] == picks) * 100:.0f} %")
+    del index
+    if hnsw:
+        sub = gallery[:hnsw]
+        hq = queries[picks < hnsw] if (picks < hnsw).any() else queries
+        _, truth = metrics.search(hq, sub, 10)
+        t = time.perf_counter()
+        index = metrics.build_index(sub, "hnsw")
+        t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        _, approx = metrics.search(hq, index, 10)
+        t_search = time.perf_counter() - t
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, truth)])
+        print(f"  hnsw (M=32) on {hnsw:,}: build {t_build:.1f} s, search {len(hq) / t_search:,.0f} queries/s, "
+              f"recall@10 vs exact {recall * 100:.1f} %")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=512, help="feature size for the metric (resnet10t: 512)")
+    ap.add_argument("--gallery", type=int, default=1_000_000)
+    ap.add_argument("--search-dim", type=int, default=1024)
+    ap.add_argument("--queries", type=int, default=256)
+    ap.add_argument("--hnsw", type=int, default=100_000, help="HNSW gallery size (0 = skip)")
+    args = ap.parse_args()
+    bench_metric(args.dim)
+    if args.gallery:
+        bench_search(args.gallery, args.search_dim, args.queries, args.hnsw)
+
+
+if __name__ == "__main__":
+    main()

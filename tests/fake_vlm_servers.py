@@ -1,0 +1,214 @@
+"""Loopback VLM servers for tests: Gemini's generateContent and OpenAI's /v1/chat/completions.
+
+The real clients (google-genai, httpx) talk to these over 127.0.0.1, so the tests exercise the same code paths
+as a real run. The server answers like an oracle that sees colour: it decodes the images it receives and ranks
+the candidates by how close their mean colour is to the ground photo's (the test data give each building its
+own colour). Faults are scripted per request, in arrival order:
+
+    server.script = ["429", "500", "invalid_json"]   # the next three requests fail so, then normal answers
+
+Faults: 429 (with Retry-After and RetryInfo), 500, 503, timeout (hang past the client timeout), invalid_json,
+fenced, duplicates, missing, empty_safety (no text, finish reason SAFETY), truncated (MAX_TOKENS / length),
+404, 401, echo_key (an answer whose text repeats the key the client sent), 400_echo_key (an error that does).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it."""
+    path: str
+    model: str
+    api_key: str
+    texts: list
+    images: list          # raw JPEG bytes, in order
+    fingerprint: str      # hash of images and text, in order
+    fault: str | None
+    generation: dict      # generationConfig (Gemini) or the request body minus messages (OpenAI)
+
+
+def _mean_colour(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0)
+
+
+def oracle_ranking(images: list) -> list:
+    """1-based candidate numbers, best first: nearest mean colour to the first image (the ground photo)."""
+    query, cands = _mean_colour(images[0]), [_mean_colour(b) for b in images[1:]]
+    dist = [float(np.linalg.norm(c - query)) for c in cands]
+    return [int(i) + 1 for i in np.argsort(dist, kind="stable")]
+
+
+class FakeVLMServer:
+    def __init__(self, delay_s: float = 0.0, hang_s: float = 3.0, ranker=oracle_ranking, retry_delay_s: float = 0.01):
+        self.delay_s, self.hang_s, self.ranker, self.retry_delay_s = delay_s, hang_s, ranker, retry_delay_s
+        self.script: list = []
+        self.seen: list[Seen] = []
+        self.retired_models = {"gemini-2.5-flash-preview-05-20"}
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    server.handle(self, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False  # a hung 'timeout' handler must not hold up shutdown
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # --- parsing ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _gemini_parts(body: dict):
+        texts, images = [], []
+        for part in body["contents"][0]["parts"]:
+            if "text" in part:
+                texts.append(part["text"])
+            data = part.get("inlineData") or part.get("inline_data")
+            if data:
+                raw = data["data"]
+                images.append(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        return texts, images
+
+    @staticmethod
+    def _openai_parts(body: dict):
+        texts, images = [], []
+        for part in body["messages"][0]["content"]:
+            if part["type"] == "text":
+                texts.append(part["text"])
+            else:
+                images.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
+        return texts, images
+
+    def handle(self, h: BaseHTTPRequestHandler, body: dict) -> None:
+        gemini = re.match(r"^/(v1|v1beta)/models/([^:]+):generateContent$", h.path)
+        openai = h.path.rstrip("/").endswith("/chat/completions")
+        if not (gemini or openai):
+            return self._send(h, 404, {"error": {"code": 404, "message": f"no route {h.path}", "status": "NOT_FOUND"}})
+        texts, images = self._gemini_parts(body) if gemini else self._openai_parts(body)
+        model = gemini.group(2) if gemini else body.get("model", "")
+        key = h.headers.get("x-goog-api-key") or h.headers.get("Authorization", "").removeprefix("Bearer ")
+        digest = hashlib.sha256()
+        for part in images:
+            digest.update(hashlib.sha256(part).digest())
+        digest.update("\n".join(texts).encode())
+        with self.lock:
+            fault = self.script.pop(0) if self.script else None
+            generation = body.get("generationConfig", {}) if gemini else {k: v for k, v in body.items() if k != "messages"}
+            self.seen.append(Seen(h.path, model, key, texts, images, digest.hexdigest(), fault, generation))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if fault == "timeout":
+            time.sleep(self.hang_s)
+            return self._send(h, 504, {"error": {"code": 504, "message": "too late", "status": "DEADLINE_EXCEEDED"}})
+        if model in self.retired_models or fault == "404":
+            return self._send(h, 404, {"error": {"code": 404, "message": f"models/{model} is not found for API "
+                                                 "version v1, or is not supported for generateContent.",
+                                                 "status": "NOT_FOUND"}})
+        errors = {"429": (429, "RESOURCE_EXHAUSTED", "quota exceeded"), "500": (500, "INTERNAL", "internal error"),
+                  "503": (503, "UNAVAILABLE", "overloaded"), "401": (401, "UNAUTHENTICATED", "API key not valid"),
+                  "400_echo_key": (400, "INVALID_ARGUMENT", f"API key {key} not valid. Please pass a valid API key.")}
+        if fault in errors:
+            code, status, message = errors[fault]
+            error = {"code": code, "message": message, "status": status}
+            if code == 429:
+                error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                     "retryDelay": f"{self.retry_delay_s}s"}]
+            return self._send(h, code, {"error": error}, {"Retry-After": str(self.retry_delay_s)} if code == 429 else {})
+
+        k = len(images) - 1
+        ranking = self.ranker(images)
+        answer = {"summary_ground_image": "a street with buildings",
+                  "summary_satellite_images": f"{k} rooftops compared by colour",
+                  "ranking": ranking, "reason": f"image {ranking[0]} has the closest colour"}
+        finish = "STOP"
+        if fault == "duplicates":
+            answer["ranking"] = [ranking[0]] * 2 + ranking[2:]
+        elif fault == "missing":
+            answer["ranking"] = ranking[:-1]
+        elif fault == "echo_key":
+            answer["reason"] = f"you sent me the key {key}"
+        text = json.dumps(answer)
+        if fault == "invalid_json":
+            text = "Sure! Here is the ranking: " + text
+        elif fault == "fenced":
+            text = "```json\n" + text + "\n```"
+        elif fault == "empty_safety":
+            text, finish = "", "SAFETY"
+        elif fault == "truncated":
+            text, finish = text[: len(text) // 2], "MAX_TOKENS"
+        return self._answer(h, bool(gemini), model, text, finish, len(images))
+
+    # --- responses ----------------------------------------------------------------------------------------------
+    def _answer(self, h, gemini: bool, model: str, text: str, finish: str, n_images: int) -> None:
+        prompt_tokens, out_tokens, thoughts = 64 * n_images + 300, 120, 40
+        if gemini:
+            parts = [{"text": text}] if text else []
+            return self._send(h, 200, {
+                "candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}],
+                "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+                                  "thoughtsTokenCount": thoughts,
+                                  "totalTokenCount": prompt_tokens + out_tokens + thoughts},
+                "modelVersion": f"{model}-fake-001"})
+        finish = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter"}[finish]
+        return self._send(h, 200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "model": f"{model}-fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text or None},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens + thoughts,
+                      "total_tokens": prompt_tokens + out_tokens + thoughts,
+                      "completion_tokens_details": {"reasoning_tokens": thoughts}}})
+
+    @staticmethod
+    def _send(h, code: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            h.send_response(code)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                h.send_header(name, value)
+            h.end_headers()
+            h.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass

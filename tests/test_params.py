@@ -1,0 +1,59 @@
+"""Parameters: validation messages name the key and what is allowed; secrets are refused."""
+import pytest
+
+from vici_utils import params as P
+from vici_utils.paths import PARAMS_DIR
+
+
+def test_shipped_params_files_validate(monkeypatch, tmp_path):
+    assert P.load(PARAMS_DIR / "default.yaml").model_dump() == P.Params().model_dump()
+    monkeypatch.setenv("U1652_ROOT", str(tmp_path))
+    paper = P.load(PARAMS_DIR / "paper.yaml")
+    assert paper.data_root == str(tmp_path) and paper.backbone == "vit_large_patch14_dinov2.lvd142m"
+    assert paper.image_size == 518 and paper.drone_rate == 0.3 and paper.rerank_backend == "gemini"
+
+
+def test_paper_params_without_data_root_say_how_to_set_it(monkeypatch):
+    monkeypatch.delenv("U1652_ROOT", raising=False)
+    with pytest.raises(P.ParamsError, match=r"\$U1652_ROOT.*--set data_root"):
+        P.load(PARAMS_DIR / "paper.yaml")
+    assert P.load(PARAMS_DIR / "paper.yaml", {"data_root": "/data/u1652"}).data_root == "/data/u1652"
+
+
+def test_misspelt_key_is_named_with_a_suggestion(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("drone_rat: 0.3\n")
+    with pytest.raises(P.ParamsError, match=r"unknown parameter 'drone_rat'.*Did you mean 'drone_rate'"):
+        P.load(f)
+    with pytest.raises(P.ParamsError, match=r"--set: unknown parameter 'lr_rate'"):
+        P.load(None, {"lr_rate": 1})
+
+
+def test_bad_values_name_key_and_allowed_values():
+    with pytest.raises(P.ParamsError, match=r"device = 'gpu'.*'auto', 'cpu' or 'cuda'"):
+        P.validate({"device": "gpu"})
+    with pytest.raises(P.ParamsError, match=r"drone_rate = 1.5.*less than or equal to 1"):
+        P.validate({"drone_rate": 1.5})
+    with pytest.raises(P.ParamsError, match=r"run_name"):
+        P.validate({"run_name": "../escape"})
+
+
+def test_secrets_are_never_parameters():
+    for key in ("api_key", "GEMINI_API_KEY", "openai_token"):
+        with pytest.raises(P.ParamsError, match="secret"):
+            P.validate({key: "abc"})
+
+
+def test_set_values_are_typed_and_paths_absolutised(tmp_path, monkeypatch):
+    over = P.parse_set(["drone_rate=0.1", "shared_towers=true", "image_size=null", "run_name=a/b"])
+    assert over == {"drone_rate": 0.1, "shared_towers": True, "image_size": None, "run_name": "a/b"}
+    monkeypatch.chdir(tmp_path)
+    cfg = P.load(None, {"data_root": "u1652", "init_checkpoint": "w.ckpt"})
+    assert cfg.data_root == str(tmp_path / "u1652") and cfg.init_checkpoint == str(tmp_path / "w.ckpt")
+    with pytest.raises(P.ParamsError, match="expected key=value"):
+        P.parse_set(["drone_rate"])
+
+
+def test_from_notebook_reads_only_known_keys():
+    cfg = P.from_notebook({"run_name": "nb", "drone_rate": 0.5, "pd": object(), "cfg": None})
+    assert cfg.run_name == "nb" and cfg.drone_rate == 0.5 and cfg.epochs == P.Params().epochs

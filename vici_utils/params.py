@@ -1,0 +1,212 @@
+"""Run parameters: one pydantic model holds every user-facing key, its default and its allowed values.
+
+The defaults are the embedded workbook (CPU, minutes); `params/default.yaml` spells them out and
+`params/paper.yaml` switches to University-1652 with the paper's recipe. Secrets are never parameters:
+API keys come from the environment only.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SECRET_NAME = re.compile(r"(api[_-]?key|secret|token|password)", re.IGNORECASE)
+_ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+class ParamsError(ValueError):
+    """A parameters file or override that cannot be used; the message names the key and what is allowed."""
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- the run -------------------------------------------------------------------------------
+    run_name: str = Field("default", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
+                          description="folder under outputs/ ('sweep/variant' nests)")
+    data_root: str = Field("embedded", description="'embedded' or a University-1652 folder")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    num_workers: Optional[int] = Field(None, ge=0, description="DataLoader workers; None = automatic")
+
+    # --- the embedded world (used when data_root == 'embedded') ----------------------------------
+    world_seed: int = 0
+    world_train_locations: int = Field(400, ge=4)
+    world_test_locations: int = Field(150, ge=2)
+    world_distractors: int = Field(50, ge=0)
+    world_difficulty: float = Field(0.5, ge=0.0, le=1.0)
+    world_challenge: bool = True
+
+    # --- data split -----------------------------------------------------------------------------
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="train buildings held out for validation")
+    include_google: bool = False
+
+    # --- model ----------------------------------------------------------------------------------
+    backbone: str = "resnet10t"
+    pretrained: Union[bool, str] = Field(False, description="false, true (hub weights) or a weights file")
+    image_size: Optional[int] = Field(64, ge=16, description="None = the model's own data config")
+    shared_towers: bool = False
+    embed_dim: Optional[int] = Field(None, ge=1, description="projection head size; None = no head")
+    init_checkpoint: Optional[str] = None
+
+    # --- training -------------------------------------------------------------------------------
+    epochs: int = Field(80, ge=0)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    schedule: Literal["cosine", "exponential"] = "cosine"
+    warmup_epochs: int = Field(2, ge=0)
+    lr_gamma: float = Field(0.9, gt=0, le=1, description="per-epoch decay of the exponential schedule")
+    temperature: float = Field(0.1, gt=0)
+    learnable_temperature: bool = True
+    drone_rate: float = Field(0.3, ge=0.0, le=1.0)
+    drone_high_only: bool = False
+    street_sampling: Literal["one", "all"] = "one"
+    val_every: int = Field(5, ge=1)
+    select_on: Literal["val", "test"] = "val"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    resume: bool = True
+
+    # --- retrieval evaluation -------------------------------------------------------------------
+    flip_tta: bool = False
+    faiss_index: Literal["flat", "hnsw"] = "flat"
+    eval_batch_size: int = Field(128, ge=1)
+
+    # --- re-ranking -----------------------------------------------------------------------------
+    rerank_backend: Literal["none", "kreciprocal", "gemini", "openai"] = "kreciprocal"
+    rerank_top_k: int = Field(10, ge=2)
+    fusion: Literal["weighted", "vlm", "rrf"] = "weighted"
+    vlm_model: str = "gemini-2.5-flash"
+    vlm_base_url: Optional[str] = None
+    vlm_concurrency: int = Field(4, ge=1)
+    vlm_rpm: int = Field(60, ge=1)
+    vlm_permutations: int = Field(1, ge=1)
+    vlm_image_size: int = Field(384, ge=32)
+    vlm_media_resolution: Literal["unspecified", "low", "medium", "high"] = "low"
+    vlm_max_retries: int = Field(5, ge=0)
+    vlm_timeout_s: float = Field(120.0, gt=0)
+    vlm_max_queries: Optional[int] = Field(None, ge=1, description="re-rank only the first N queries")
+    vlm_price_in_per_mtok: Optional[float] = Field(None, ge=0, description="overrides the price table")
+    vlm_price_out_per_mtok: Optional[float] = Field(None, ge=0)
+    kr_k1: int = Field(20, ge=1)
+    kr_k2: int = Field(6, ge=1)
+    kr_lambda: float = Field(0.3, ge=0.0, le=1.0)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v):
+        if isinstance(v, str) and v.lower() in {"true", "false", "none", ""}:
+            return v.lower() == "true"
+        return v
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.data_root == "embedded"
+
+    def subset(self, keys) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in keys}
+
+
+def _expand_env(value: Any, where: str, key: str) -> Any:
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in os.environ:
+            raise ParamsError(f"{where}: '{key}' refers to ${name}, which is not set in the environment "
+                              f"(set it, or pass --set {key}=...)")
+        return os.environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _check_keys(raw: dict, where: str) -> None:
+    known = list(Params.model_fields)
+    for key in raw:
+        if SECRET_NAME.search(str(key)):
+            raise ParamsError(f"{where}: '{key}' looks like a secret. Secrets are never parameters (they "
+                              "would be written into the executed notebooks); set them in the environment.")
+        if key not in Params.model_fields:
+            close = difflib.get_close_matches(str(key), known, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ParamsError(f"{where}: unknown parameter '{key}'.{hint} Known parameters: {', '.join(known)}")
+
+
+def validate(raw: dict, where: str = "parameters") -> Params:
+    """Build Params from a plain dict, with messages that name the key and the allowed values."""
+    _check_keys(raw, where)
+    raw = {k: _expand_env(v, where, k) for k, v in raw.items()}
+    try:
+        return Params(**raw)
+    except ValidationError as e:
+        lines = [f"{where}: invalid parameters"]
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}")
+        raise ParamsError("\n".join(lines)) from None
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` pairs; values are read as YAML (so 0.3 is a float, true a bool, null None)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameters file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of parameter: value, got {type(raw).__name__}")
+    return raw
+
+
+def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Params:
+    """Parameters from a YAML file (missing keys take their defaults) with overrides on top."""
+    raw = read_yaml(path) if path else {}
+    if overrides:
+        _check_keys(overrides, "--set")
+    raw.update(overrides or {})
+    params = validate(raw, str(path) if path else "parameters")
+    return absolutize(params)
+
+
+def absolutize(params: Params) -> Params:
+    """Make user paths absolute against the caller's cwd before a notebook (another cwd) sees them."""
+    from .paths import resolve_user_path
+
+    updates = {}
+    if not params.is_embedded:
+        updates["data_root"] = str(resolve_user_path(params.data_root))
+    if params.init_checkpoint:
+        updates["init_checkpoint"] = str(resolve_user_path(params.init_checkpoint))
+    if isinstance(params.pretrained, str):
+        updates["pretrained"] = str(resolve_user_path(params.pretrained))
+    return params.model_copy(update=updates)
+
+
+def from_notebook(namespace: dict) -> Params:
+    """Params from a notebook's parameter variables (the keys its parameters cell declares)."""
+    raw = {k: namespace[k] for k in Params.model_fields if k in namespace}
+    return absolutize(validate(raw, "notebook parameters"))
+
+
+def to_yaml(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(), sort_keys=False)

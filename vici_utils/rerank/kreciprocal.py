@@ -1,0 +1,78 @@
+"""Offline re-ranking: k-reciprocal neighbours with Jaccard distance (Zhong et al., CVPR 2017).
+
+Two images are k-reciprocal neighbours when each is among the other's k nearest. For University-1652
+that is telling: the street photos of one building tend to be mutual neighbours, and a satellite tile
+that several of them agree on moves up. Per image we build a neighbour set from its k1-reciprocal
+neighbours, widened by the k1/2-reciprocal sets of its members when they mostly overlap, weight its
+members by exp(-distance), average that vector over the k2 nearest images (local query expansion), and
+compare query and gallery vectors with a Jaccard distance. The final distance mixes the Jaccard
+distance with the original: (1 - lambda) * jaccard + lambda * original.
+
+Everything is vectorised over the (queries + gallery) graph: a few seconds for 2,579 x 951 on a laptop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _sq_distances(feats: np.ndarray) -> np.ndarray:
+    sq = np.einsum("ij,ij->i", feats, feats)
+    d = sq[:, None] + sq[None, :] - 2.0 * (feats @ feats.T)
+    np.maximum(d, 0.0, out=d)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def _nearest(dist: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n nearest per row (unordered; self included)."""
+    return np.argpartition(dist, n - 1, axis=1)[:, :n]
+
+
+def _reciprocal(dist: np.ndarray, k: int):
+    """Forward k+1 neighbours per row, the mask of those that are reciprocal, and the reciprocal matrix."""
+    n = len(dist)
+    nn = _nearest(dist, k + 1)
+    forward = np.zeros((n, n), dtype=bool)
+    forward[np.arange(n)[:, None], nn] = True
+    mask = forward[nn, np.arange(n)[:, None]]  # does neighbour nn[i, j] count i among its own k+1?
+    reciprocal = np.zeros((n, n), dtype=bool)
+    reciprocal[np.arange(n)[:, None], nn] = mask
+    return nn, mask, reciprocal
+
+
+def kreciprocal_distances(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6,
+                          lam: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """(final, original) query x gallery distances; `original` is the squared distance scaled per query."""
+    nq = len(query)
+    feats = np.concatenate([query, gallery]).astype(np.float32)
+    n = len(feats)
+    k1, k2 = min(k1, n - 1), min(k2, n)
+    dist = _sq_distances(feats)
+    dist /= np.maximum(dist.max(axis=1, keepdims=True), 1e-12)
+    rows = np.arange(n)[:, None, None]
+
+    nn1, mask1, recip1 = _reciprocal(dist, k1)
+    nnh, maskh, _ = _reciprocal(dist, int(np.around(k1 / 2)))
+    # Expansion: add a member's half-size reciprocal set when more than 2/3 of it is already in ours.
+    cand_sets = nnh[nn1]                                    # [n, k1+1, kh+1]
+    cand_mask = maskh[nn1]
+    overlap = (recip1[rows, cand_sets] & cand_mask).sum(-1)
+    grow = mask1 & (overlap > 2.0 / 3.0 * cand_mask.sum(-1))
+    members = recip1.copy()
+    add = grow[..., None] & cand_mask
+    members[np.broadcast_to(rows, add.shape)[add], cand_sets[add]] = True
+
+    v = np.where(members, np.exp(-dist), 0.0).astype(np.float32)
+    v /= v.sum(axis=1, keepdims=True)
+    if k2 > 1:
+        nn2 = _nearest(dist, k2)
+        v = sum(v[nn2[:, t]] for t in range(k2)) / k2
+
+    jaccard = np.empty((nq, n - nq), dtype=np.float32)
+    v_gallery = v[nq:]
+    for i in range(nq):
+        nz = np.flatnonzero(v[i])
+        shared = np.minimum(v[i, nz], v_gallery[:, nz]).sum(axis=1)
+        jaccard[i] = 1.0 - shared / (2.0 - shared)
+    original = dist[:nq, nq:]
+    return (1.0 - lam) * jaccard + lam * original, original

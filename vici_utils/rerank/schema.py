@@ -1,0 +1,83 @@
+"""The answer a model must give, and the checks it must pass before we trust it.
+
+Structured-output modes make a well-formed answer likely, not certain: a model can still stop early
+(MAX_TOKENS, SAFETY), wrap the JSON in a markdown fence, or rank 3 twice and forget 7. `parse_answer`
+turns every such case into an `AnswerFault` with a short kind, so the caller can retry and, in the end,
+record why a query kept its retrieval order.
+"""
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, Field, ValidationError
+
+# Finish reasons that mean "the model finished normally" (Gemini, OpenAI-compatible servers).
+NORMAL_FINISH = {None, "", "STOP", "stop", "FINISH_REASON_UNSPECIFIED", "eos"}
+TRUNCATED_FINISH = {"MAX_TOKENS", "length"}
+
+
+class RerankAnswer(BaseModel):
+    """Field order is generation order: the model describes and compares before it ranks."""
+    summary_ground_image: str = Field(description="what the ground photo shows that a satellite could see")
+    summary_satellite_images: str = Field(description="how each numbered satellite image compares with it")
+    ranking: list[int] = Field(description="every satellite image number exactly once, best match first")
+    reason: str = Field(description="why the first-ranked image is the best match")
+
+
+def json_schema() -> dict:
+    """JSON Schema for OpenAI-style `response_format` (closed object, every key required)."""
+    schema = RerankAnswer.model_json_schema()
+    schema["additionalProperties"] = False
+    schema["required"] = list(RerankAnswer.model_fields)
+    return schema
+
+
+class AnswerFault(ValueError):
+    """An answer we cannot use; `kind` is one of: finish, empty, fenced, truncated, invalid_json,
+    off_schema, bad_ranking."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+def check_ranking(ranking: list[int], k: int) -> None:
+    if sorted(ranking) == list(range(1, k + 1)):
+        return
+    seen, dup = set(), []
+    for r in ranking:
+        if r in seen:
+            dup.append(r)
+        seen.add(r)
+    missing = sorted(set(range(1, k + 1)) - seen)
+    outside = sorted(r for r in seen if not 1 <= r <= k)
+    detail = ", ".join(f"{name} {vals}" for name, vals in
+                       (("duplicates", dup), ("missing", missing), ("out of range", outside)) if vals)
+    raise AnswerFault("bad_ranking", f"ranking {ranking} is not a permutation of 1..{k} ({detail})")
+
+
+def parse_answer(text: str | None, k: int, finish_reason: str | None = None) -> RerankAnswer:
+    """A validated answer for `k` candidates, or AnswerFault saying what is wrong with it."""
+    text = (text or "").strip()
+    if finish_reason not in NORMAL_FINISH and finish_reason not in TRUNCATED_FINISH:
+        raise AnswerFault("finish", f"model stopped with finish reason {finish_reason}"
+                          + ("" if text else " and no text"))
+    if not text:
+        raise AnswerFault("empty", f"empty answer (finish reason {finish_reason})")
+    if text.startswith("```"):
+        raise AnswerFault("fenced", "JSON wrapped in a markdown code fence")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if finish_reason in TRUNCATED_FINISH:
+            raise AnswerFault("truncated", f"answer cut off (finish reason {finish_reason})") from None
+        raise AnswerFault("invalid_json", f"not JSON ({e.msg} at char {e.pos})") from None
+    if finish_reason in TRUNCATED_FINISH:
+        raise AnswerFault("truncated", f"finish reason {finish_reason}")
+    try:
+        answer = RerankAnswer.model_validate(data, strict=False)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise AnswerFault("off_schema", f"{'.'.join(map(str, first['loc'])) or 'answer'}: {first['msg']}") from None
+    check_ranking(answer.ranking, k)
+    return answer

@@ -1,0 +1,367 @@
+"""Sweeps: many runs of the workbook that differ in a few parameters, collected into one results table.
+
+    python -m vici_utils sweep params/tables/drone_rate.yaml [more sweep files] [--set key=value]...
+                               [--dry-run] [--force] [--collect-only]
+
+A sweep file names a base parameters file and a list of variants:
+
+    sweep: drone_rate            # runs go to outputs/<sweep>/<variant>/, results to outputs/<sweep>/results.csv
+    table: drone_rate            # the paper table it reproduces (vici_utils.paper.TABLES), optional
+    base: ../default.yaml        # parameters file, relative to this file
+    set: {epochs: 40}            # applied to every variant (optional)
+    seeds: [0, 1, 2]             # optional: every variant once per seed, named <variant>_s<seed>
+    only: ["02", "03", "04"]     # optional: the notebooks each run executes (default: all)
+    variants:
+      - {name: p0, set: {drone_rate: 0.0}, label: "P = 0"}
+      - {name: p0.3, set: {drone_rate: 0.3}, paper_row: "+ Drone Data", rerank_paper_row: "+ VLM Re-rank (Ours)"}
+
+A variant's parameters are: base file < sweep `set` < variant `set` < seed < --set. Every variant is
+validated before anything runs. A run that already finished (manifest status ok) with the same resolved
+parameters and the notebooks asked for is not run again, so an interrupted sweep resumes where it stopped;
+a finished run elsewhere under outputs/ with the same parameters (the run name aside: another sweep's
+variant, or the default run) is reused rather than recomputed, and results.csv names the run it read.
+A failing variant is recorded and the sweep goes on; the exit status is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import paper
+from . import params as P
+from .paths import outputs_root, run_dir
+from .tables import read_run
+
+SEGMENT = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"  # one folder name (run_name's pattern, without '/')
+RESERVED = {"run_name": "the sweep names each run <sweep>/<variant>", "seed": "list seeds under `seeds:`"}
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=SEGMENT, description="folder name of the run under outputs/<sweep>/")
+    overrides: dict[str, Any] = Field(default_factory=dict, alias="set")
+    label: Optional[str] = Field(None, description="row label in the tables (default: name)")
+    paper_row: Optional[str] = Field(None, description="the paper row this variant's retrieval stands beside")
+    rerank_paper_row: Optional[str] = Field(None, description="the paper row its re-ranked result stands beside")
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    sweep: str = Field(pattern=SEGMENT)
+    base: str
+    table: Optional[Literal[tuple(paper.TABLES)]] = None
+    description: str = ""
+    overrides: dict[str, Any] = Field(default_factory=dict, alias="set")
+    seeds: Optional[list[int]] = Field(None, min_length=1)
+    only: Optional[list[str]] = None
+    variants: list[Variant] = Field(min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("only", mode="before")
+    @classmethod
+    def _only_as_strings(cls, v):  # YAML reads [02, 03] as ints
+        return [str(x).zfill(2) for x in v] if v is not None else v
+
+    @model_validator(mode="after")
+    def _check_variants(self):
+        names = [v.name for v in self.variants]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variant names must be distinct; repeated: {', '.join(twice)}")
+        if self.table:
+            rows = set(paper.TABLES[self.table].iloc[:, 0])
+            for v in self.variants:
+                for field in ("paper_row", "rerank_paper_row"):
+                    row = getattr(v, field)
+                    if row is not None and row not in rows:
+                        raise ValueError(f"variant '{v.name}': {field} {row!r} is not a row of the paper's "
+                                         f"'{self.table}' table ({', '.join(map(repr, sorted(rows)))})")
+        return self
+
+
+@dataclass
+class PlannedRun:
+    variant: Variant
+    name: str              # folder under outputs/<sweep>/: the variant name, plus _s<seed> with seeds
+    seed: Optional[int]
+    params: P.Params
+
+    @property
+    def run_name(self) -> str:
+        return self.params.run_name
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    path: Path
+    runs: list[PlannedRun]
+
+    @property
+    def name(self) -> str:
+        return self.spec.sweep
+
+    @property
+    def swept_keys(self) -> list[str]:
+        keys = [k for v in self.spec.variants for k in v.overrides]
+        if self.spec.seeds:
+            keys.append("seed")
+        return list(dict.fromkeys(keys))
+
+    @property
+    def folder(self) -> Path:
+        return outputs_root() / self.name
+
+
+def _check_keys(overrides: dict, where: str) -> None:
+    for key in overrides:
+        if key in RESERVED:
+            raise P.ParamsError(f"{where}: '{key}' cannot be set in a sweep ({RESERVED[key]})")
+    P.validate(dict(overrides), where)  # unknown keys and bad values, named with where they were written
+
+
+def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
+    """Read and validate a sweep file and every run it expands to; raises ParamsError naming the file,
+    the variant and the key."""
+    path = Path(path)
+    raw = P.read_yaml(path)
+    if "sweep" not in raw and "variants" not in raw:
+        raise P.ParamsError(f"{path}: not a sweep file (expected the keys sweep, base and variants; a plain "
+                            "parameters file runs with `python -m vici_utils run`)")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{path}: invalid sweep file"]
+        for err in e.errors():
+            loc = list(err["loc"])
+            if len(loc) >= 2 and loc[0] == "variants" and isinstance(loc[1], int):
+                name = (raw.get("variants") or [{}])[loc[1]]
+                name = name.get("name") if isinstance(name, dict) else None
+                loc[:2] = [f"variant '{name}'" if name else f"variants[{loc[1]}]"]
+            where = ".".join(str(p) for p in loc)
+            lines.append(f"  {where + ': ' if where else ''}{err['msg']}"
+                         + (f" (got {err['input']!r})" if err["type"] != "missing" and where else ""))
+        raise P.ParamsError("\n".join(lines)) from None
+
+    base_path = (path.parent / spec.base).resolve()
+    if not base_path.is_file():
+        raise P.ParamsError(f"{path}: base parameters file {spec.base!r} not found (looked for {base_path}; "
+                            "base is relative to the sweep file)")
+    overrides = overrides or {}
+    _check_keys(overrides, "--set")
+    base = P.read_yaml(base_path)
+    P.validate(base | overrides, f"{base_path} (the base of {path})")
+    _check_keys(spec.overrides, f"{path}: set")
+    for v in spec.variants:
+        _check_keys(v.overrides, f"{path}: variant '{v.name}'")
+
+    runs = []
+    for v in spec.variants:
+        for seed in spec.seeds or [None]:
+            name = v.name if seed is None else f"{v.name}_s{seed}"
+            raw_run = base | spec.overrides | v.overrides | ({"seed": seed} if seed is not None else {})
+            raw_run |= overrides | {"run_name": f"{spec.sweep}/{name}"}
+            params = P.absolutize(P.validate(raw_run, f"{path}: variant '{name}'"))
+            runs.append(PlannedRun(v, name, seed, params))
+    if spec.only:
+        from .runner import discover_notebooks
+
+        discover_notebooks(spec.only)  # unknown notebook numbers fail here, before anything runs
+    return Sweep(spec, path, runs)
+
+
+# --- finished runs ------------------------------------------------------------------------------------------
+
+def _comparable(params: dict) -> str:
+    """Parameters as a canonical string, run name aside (the same work under another name is the same work)."""
+    return json.dumps({k: v for k, v in params.items() if k != "run_name"}, sort_keys=True, default=str)
+
+
+def _wanted_notebooks(only: Optional[list[str]]) -> list[str]:
+    from .runner import discover_notebooks
+
+    return [b.name for b in discover_notebooks(only)]
+
+
+def _manifest(folder: Path) -> Optional[dict]:
+    try:
+        return json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished(manifest: Optional[dict], params: P.Params, notebooks: list[str]) -> bool:
+    """True when a manifest records a finished run of these parameters that executed these notebooks."""
+    if not manifest or manifest.get("status") != "ok":
+        return False
+    if _comparable(manifest.get("params", {})) != _comparable(json.loads(json.dumps(params.model_dump(), default=str))):
+        return False
+    ok = {n["name"] for n in manifest.get("notebooks", []) if n.get("status") == "ok"}
+    return set(notebooks) <= ok
+
+
+def _run_folders() -> list[Path]:
+    """Run folders under outputs/ (one or two levels down: 'run' or 'sweep/variant')."""
+    root = outputs_root()
+    found = sorted(root.glob("*/run.json")) + sorted(root.glob("*/*/run.json"))
+    return [f.parent for f in found]
+
+
+def find_finished(run: PlannedRun, notebooks: list[str], folders: Optional[list[Path]] = None) -> Optional[Path]:
+    """The folder of a finished run this planned run can use: its own first, else any other with the same
+    parameters."""
+    own = run_dir(run.run_name)
+    if finished(_manifest(own), run.params, notebooks):
+        return own
+    for folder in folders if folders is not None else _run_folders():
+        if folder != own and finished(_manifest(folder), run.params, notebooks):
+            return folder
+    return None
+
+
+# --- results ------------------------------------------------------------------------------------------------
+
+def collect(sweep: Sweep, failures: Optional[dict[str, str]] = None) -> pd.DataFrame:
+    """One row per planned run: what was swept, the metrics and where they came from; written to
+    outputs/<sweep>/results.csv."""
+    notebooks = _wanted_notebooks(sweep.spec.only)
+    folders = _run_folders()
+    rows = []
+    for r in sweep.runs:
+        source = find_finished(r, notebooks, folders)
+        folder = source or run_dir(r.run_name)
+        row = {"sweep": sweep.name, "table": sweep.spec.table or "", "variant": r.variant.name, "run": r.run_name,
+               "seed": r.params.seed, "label": r.variant.label or r.variant.name,
+               "paper_row": r.variant.paper_row or "", "rerank_paper_row": r.variant.rerank_paper_row or ""}
+        row |= {f"param.{k}": getattr(r.params, k) for k in sweep.swept_keys}
+        found = read_run(folder, with_model_stats=sweep.spec.table == "backbones")
+        if source is None:
+            status = (found.get("status") or "missing") if found.get("status") != "ok" else "stale"
+            found = {k: v for k, v in found.items() if k in ("status", "error")}
+            found["status"] = status
+        if failures and r.run_name in failures:
+            found["error"] = failures[r.run_name]
+        row |= {"source_run": str(folder.relative_to(outputs_root())) if source else ""} | found
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(sweep.folder / "results.csv", index=False)
+    return df
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+def plan(sweep: Sweep, force: bool = False) -> list[tuple[PlannedRun, Optional[Path]]]:
+    """Each planned run with the finished run it can use (None: it has to run)."""
+    notebooks = _wanted_notebooks(sweep.spec.only)
+    folders = _run_folders()
+    return [(r, None if force else find_finished(r, notebooks, folders)) for r in sweep.runs]
+
+
+def estimate_s(sweep: Sweep) -> Optional[float]:
+    """Mean duration of this sweep's finished runs: the best guess at what each remaining one costs."""
+    durations = [m["duration_s"] for f in sorted(sweep.folder.glob("*/run.json"))
+                 if (m := _manifest(f.parent)) and m.get("status") == "ok" and m.get("duration_s")]
+    return sum(durations) / len(durations) if durations else None
+
+
+def describe_plan(sweep: Sweep, planned, log: Callable[[str], None] = print) -> int:
+    todo = sum(src is None for _, src in planned)
+    log(f"sweep '{sweep.name}' ({sweep.path}): {len(planned)} runs, {todo} to run, "
+        f"{len(planned) - todo} already done; notebooks {', '.join(_wanted_notebooks(sweep.spec.only))}")
+    for r, src in planned:
+        swept = ", ".join(f"{k}={getattr(r.params, k)}" for k in sweep.swept_keys)
+        if src is None:
+            state = "run"
+        elif src == run_dir(r.run_name):
+            state = "done"
+        else:
+            state = f"reuse {src.relative_to(outputs_root())}"
+        log(f"  {r.run_name:<32} {swept:<48} {state}")
+    return todo
+
+
+def run_sweep(sweep: Sweep, force: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run what is not done yet, one variant after another; results.csv is rewritten after each run."""
+    from .runner import RunFailed, run
+
+    notebooks = _wanted_notebooks(sweep.spec.only)
+    failures: dict[str, str] = {}
+    describe_plan(sweep, plan(sweep, force), log)
+    try:
+        for r in sweep.runs:
+            # looked up again now: an earlier variant of this sweep may have just done the same work
+            if not force and find_finished(r, notebooks) is not None:
+                continue
+            t0 = time.time()
+            try:
+                run(r.params, only=sweep.spec.only, log=log)
+            except RunFailed as e:
+                failures[r.run_name] = str(e).splitlines()[0]
+                log(f"VARIANT FAILED {r.run_name}: {e}")
+            except Exception as e:  # noqa: BLE001 - one broken variant must not lose the others' results
+                failures[r.run_name] = f"{type(e).__name__}: {e}"
+                log(f"VARIANT FAILED {r.run_name}: {type(e).__name__}: {e}")
+            log(f"  {r.run_name}: {time.time() - t0:.0f} s")
+            collect(sweep, failures)
+    finally:
+        df = collect(sweep, failures)
+    log(f"sweep '{sweep.name}': {(df['status'] == 'ok').sum()}/{len(df)} runs ok -> {sweep.folder / 'results.csv'}")
+    return df
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vici_utils sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweeps", nargs="+", help="sweep files, e.g. params/tables/drone_rate.yaml")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a parameter in every run (repeatable; wins over the sweep file)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and show what would run; run nothing")
+    parser.add_argument("--force", action="store_true", help="run every variant again, even finished ones")
+    parser.add_argument("--collect-only", action="store_true", help="only rewrite results.csv from what exists")
+    args = parser.parse_args(argv)
+    try:
+        overrides = P.parse_set(args.set)
+        sweeps = [load(s, overrides) for s in args.sweeps]  # all of them valid before anything runs
+    except P.ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if args.dry_run or args.collect_only:
+        for s in sweeps:
+            if args.collect_only:
+                df = collect(s)
+                print(f"{s.folder / 'results.csv'}: {len(df)} rows, {(df['status'] == 'ok').sum()} ok")
+            else:
+                todo = describe_plan(s, plan(s, args.force))
+                each = estimate_s(s)
+                if todo and each:
+                    print(f"  estimate: {todo} x {each / 60:.1f} min = {todo * each / 60:.0f} min "
+                          "(mean of this sweep's finished runs)")
+        return 0
+
+    ok = True
+    for s in sweeps:
+        df = run_sweep(s, force=args.force)
+        ok &= bool((df["status"] == "ok").all())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

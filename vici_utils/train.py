@@ -1,0 +1,354 @@
+"""Stage 1: train the two towers with symmetric InfoNCE, drone mixing, validation and exact resume.
+
+    train(cfg) -> TrainResult                                   (from a notebook)
+    torchrun --nproc_per_node N -m vici_utils.train params/X.yaml [--set key=value ...]
+
+Writes outputs/<run>/train/: last.pt (everything needed to resume), best.pt (model at the best
+validation R@1), train_log.csv (one row per epoch), config.yaml (the resolved parameters) and
+result.json (written when training completes; a rerun then returns at once).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from . import params as P
+from .datasets import PairBatchSampler, PairDataset
+from .device import autocast, resolve_device, resolve_precision
+from .losses import InfoNCE
+from .models import build_model, model_transforms
+from .paths import run_dir
+from .progress import progress as progress_bar
+
+CHECKPOINT_FORMAT = "vici-train/1"
+# Keys whose change makes a stored run a different run (resume refuses, eval loading refuses).
+TRAIN_KEYS = (
+    "data_root", "world_seed", "world_train_locations", "world_test_locations", "world_distractors",
+    "world_difficulty", "val_fraction", "include_google", "seed",
+    "backbone", "pretrained", "image_size", "shared_towers", "embed_dim", "init_checkpoint",
+    "epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs", "lr_gamma", "temperature",
+    "learnable_temperature", "drone_rate", "drone_high_only", "street_sampling", "select_on", "precision",
+)
+METRICS = ("R@1", "R@5", "R@10", "AP")
+LOG_COLUMNS = ("epoch", "step", "loss", "lr", "temperature", "drone_rate", "eval_set", *METRICS, "seconds")
+
+
+class TrainConfigError(ValueError):
+    """A stored run that does not match the parameters; the message names the differing keys."""
+
+
+@dataclass
+class TrainResult:
+    train_dir: Path
+    log: pd.DataFrame
+    best_epoch: Optional[int]
+    best: dict = field(default_factory=dict)  # metrics of the selected checkpoint (% ), empty if none
+    eval_set: str = "val"                     # what selected it: 'val' (held-out train buildings) or 'test'
+    seconds: float = 0.0                      # training time, all sessions of this run together
+    epochs_now: int = 0                       # epochs trained by this call (0: the stored result)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.train_dir / "best.pt"
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+def _save_atomic(obj, path: Path) -> None:
+    """Write to a temporary file and rename: an interrupted save never leaves a truncated checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def config_differences(stored: dict, cfg: P.Params) -> list[str]:
+    now = cfg.model_dump()
+    return [f"{k} ({stored.get(k)!r} -> {now[k]!r})" for k in TRAIN_KEYS if stored.get(k) != now[k]]
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+            "torch": torch.random.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.random.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def auto_workers(device: torch.device) -> int:
+    """DataLoader workers: several beside a GPU; on a small CPU decoding competes with the model."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cpus - 1) if device.type == "cuda" else min(4, cpus // 2)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: P.Params) -> float:
+    """Linear warmup, then cosine to zero or VICI's per-epoch exponential decay (lr_gamma ** epoch)."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "exponential":
+        return cfg.lr_gamma ** ((step - warm) // steps_per_epoch)
+    total = max(cfg.epochs * steps_per_epoch - warm, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total) / total))
+
+
+def _param_groups(modules, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and the temperature (1-D or scalar parameters)."""
+    decay, no_decay = [], []
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _setup_distributed(cfg: P.Params) -> tuple[int, int, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+# --- validation --------------------------------------------------------------------------------------
+def evaluate_model(model, retrieval_set, cfg: P.Params, device: torch.device) -> dict:
+    """Street -> satellite metrics of a RetrievalSet with the official evaluator."""
+    from .embed import extract_features
+    from .metrics import evaluate
+
+    tf = {v: model_transforms(cfg, model, train=False, view=v) for v in ("street", "satellite")}
+    common = dict(batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision, progress=False)
+    q = extract_features(model.encode_street, retrieval_set.queries, tf["street"], **common)
+    g = extract_features(model.encode_satellite, retrieval_set.gallery, tf["satellite"], **common)
+    m = evaluate(q, g, retrieval_set.query_ids, retrieval_set.gallery_ids)
+    return {k: float(m[k]) for k in METRICS}
+
+
+# --- stored results ----------------------------------------------------------------------------------
+def read_log(train_dir: Path) -> pd.DataFrame:
+    path = train_dir / "train_log.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(LOG_COLUMNS))
+
+
+def stored_result(train_dir: Path) -> Optional[TrainResult]:
+    path = train_dir / "result.json"
+    if not path.is_file():
+        return None
+    r = json.loads(path.read_text())
+    return TrainResult(train_dir, read_log(train_dir), r["best_epoch"], r["best"], r["eval_set"], r["seconds"], 0)
+
+
+def _check_stored_config(stored: dict, cfg: P.Params, where: Path) -> None:
+    diff = config_differences(stored, cfg)
+    if diff:
+        raise TrainConfigError(f"{where} was trained with other parameters: {', '.join(diff)}. "
+                               "Use another run_name, or resume: false to train this run again from scratch.")
+
+
+# --- training ----------------------------------------------------------------------------------------
+def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] = None) -> TrainResult:
+    """Train (or resume, or return the stored result of) the run `cfg.run_name`.
+
+    stop_after_epoch ends this call once that many epochs are done, as an interruption would; the next
+    call resumes from last.pt and ends with the same weights as an uninterrupted run (on the CPU).
+    """
+    from .u1652 import open_dataset
+
+    train_dir = run_dir(cfg.run_name) / "train"
+    rank, world, device = _setup_distributed(cfg)
+    main = rank == 0
+    last_path = train_dir / "last.pt"
+
+    if cfg.epochs == 0:  # nothing to train: evaluation uses init_checkpoint or the bare backbone
+        return TrainResult(train_dir, read_log(train_dir).iloc[0:0], None, {}, cfg.select_on)
+    if cfg.resume:
+        done = stored_result(train_dir)
+        if done is not None and last_path.is_file():
+            _check_stored_config(P.read_yaml(train_dir / "config.yaml"), cfg, train_dir)
+            return done
+    ckpt = None
+    if cfg.resume and last_path.is_file():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        _check_stored_config(ckpt["config"], cfg, last_path)
+
+    dataset = open_dataset(cfg, progress=progress and main)
+    train_ids, val_ids = dataset.split_buildings(cfg.val_fraction, cfg.seed)
+    eval_set = cfg.select_on
+    checked = dataset.test if eval_set == "test" else (dataset.val_set(val_ids) if val_ids else None)
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg)
+    dtype = resolve_precision(cfg.precision, device)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device, memory_format=torch.channels_last)
+    loss_fn = InfoNCE(cfg.temperature, cfg.learnable_temperature).to(device)
+
+    pairs = PairDataset(train_ids, dataset.train, model_transforms(cfg, model, True, "street"),
+                        model_transforms(cfg, model, True, "satellite"))
+    n_street, n_drone = pairs.counts()
+    sampler = PairBatchSampler(n_street, n_drone, cfg.batch_size, cfg.seed, cfg.drone_rate, cfg.drone_high_only,
+                               cfg.street_sampling, rank, world)
+    workers = auto_workers(device) if cfg.num_workers is None else cfg.num_workers
+    loader = DataLoader(pairs, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    steps_per_epoch = max(len(sampler), 1)
+
+    opt = torch.optim.AdamW(_param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr,
+                            fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
+
+    start_epoch, step, rows, best, seconds = 0, 0, [], {"epoch": None, "metrics": {}}, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, step, rows, best, seconds = (ckpt["epoch"], ckpt["step"], ckpt["log"], ckpt["best"],
+                                                  ckpt["seconds"])
+        _set_rng_state(ckpt["rng"])
+        del ckpt
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    fwd = torch.compile(net) if cfg.compile else net
+
+    if main:
+        train_dir.mkdir(parents=True, exist_ok=True)
+        if start_epoch == 0:  # a fresh start: files of an earlier attempt must not pass for this run's
+            for name in ("result.json", "best.pt", "last.pt", "train_log.csv"):
+                (train_dir / name).unlink(missing_ok=True)
+        _write_text_atomic(train_dir / "config.yaml", P.to_yaml(cfg))
+    end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    bar = progress_bar(total=cfg.epochs * steps_per_epoch, initial=step, unit="step",
+                       disable=not (progress and main), desc=f"epoch {start_epoch + 1}/{cfg.epochs}")
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, end_epoch):
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+        sampler.set_epoch(epoch)
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, drone count, pair count
+        n_batches = 0
+        for street, tile, _, is_drone in loader:
+            street = street.to(device, non_blocking=True, memory_format=torch.channels_last)
+            tile = tile.to(device, non_blocking=True, memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                s, g = fwd(street, tile)
+            loss = loss_fn(s, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            n_batches += 1
+            totals += torch.tensor([loss.item(), is_drone.sum().item(), len(is_drone)], dtype=torch.float64)
+            bar.update(1)
+        if world > 1:
+            dist.all_reduce(totals)
+            totals[0] /= world  # every rank holds the same global loss
+        row = {"epoch": epoch + 1, "step": step, "loss": totals[0].item() / max(n_batches, 1),
+               "lr": opt.param_groups[0]["lr"], "temperature": loss_fn.temperature,
+               "drone_rate": totals[1].item() / max(totals[2].item(), 1), "eval_set": eval_set,
+               **{k: float("nan") for k in METRICS}}
+        is_last = epoch + 1 == cfg.epochs
+        improved = False
+        if main and checked is not None and ((epoch + 1) % cfg.val_every == 0 or is_last):
+            row.update(evaluate_model(model, checked, cfg, device))
+            improved = best["epoch"] is None or row["R@1"] > best["metrics"]["R@1"]
+        seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        row["seconds"] = round(seconds, 2)
+        rows.append(row)
+        postfix = {"loss": f"{row['loss']:.3f}"}
+        if not math.isnan(row["R@1"]):
+            postfix[f"{eval_set} R@1"] = f"{row['R@1']:.1f}"
+        bar.set_postfix(postfix)
+        if main:
+            if improved or (checked is None and is_last):
+                best = {"epoch": epoch + 1, "metrics": {k: row[k] for k in METRICS}}
+                _save_atomic({"format": CHECKPOINT_FORMAT, "model_config": model.config, "model": model.state_dict(),
+                              "config": cfg.model_dump(), "epoch": epoch + 1, "eval_set": eval_set,
+                              "metrics": best["metrics"]}, train_dir / "best.pt")
+            _save_atomic({"format": CHECKPOINT_FORMAT, "model_config": model.config, "model": model.state_dict(),
+                          "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "config": cfg.model_dump(), "epoch": epoch + 1, "step": step, "log": rows, "best": best,
+                          "seconds": seconds, "rng": _rng_state()}, last_path)
+            tmp = train_dir / f".train_log.csv.{os.getpid()}.tmp"
+            pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False)
+            os.replace(tmp, train_dir / "train_log.csv")
+        if world > 1:
+            dist.barrier()
+    bar.close()
+
+    epochs_now = max(end_epoch - start_epoch, 0)
+    result = TrainResult(train_dir, pd.DataFrame(rows, columns=list(LOG_COLUMNS)), best["epoch"], best["metrics"],
+                         eval_set, seconds, epochs_now)
+    if main and end_epoch == cfg.epochs and cfg.epochs > 0:
+        _write_text_atomic(train_dir / "result.json", json.dumps(
+            {"best_epoch": best["epoch"], "best": best["metrics"], "eval_set": eval_set, "seconds": seconds,
+             "epochs": cfg.epochs}, indent=1))
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m vici_utils.train", description=__doc__.splitlines()[0])
+    ap.add_argument("params", nargs="?", help="parameters YAML (default: the embedded defaults)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override parameters")
+    args = ap.parse_args(argv)
+    try:
+        cfg = P.load(args.params, P.parse_set(args.set))
+    except P.ParamsError as e:
+        raise SystemExit(str(e)) from None
+    try:
+        r = train(cfg, progress=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = ", ".join(f"{k} {v:.2f}" for k, v in r.best.items())
+        print(f"{r.train_dir}: best epoch {r.best_epoch} on {r.eval_set} ({best}); {r.seconds:.0f} s of training")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Reader for the University-1652 folder layout (and the embedded world, which is written in it).
+
+    root/train/{street,satellite,drone,google}/<building>/<image>
+    root/test/{query_street,gallery_satellite}/<building>/<image>
+    root/test/workshop_query_street/<name>.jpeg, workshop_gallery_satellite/<name>.jpg,
+              query_street_name.txt                          (challenge layout, optional)
+
+Quirks honoured: empty building folders (google/ has 12, gallery_street/1209 is one), mixed .jpg/.jpeg,
+and the street -> satellite gallery keeps all 951 images, the 250 distractor buildings included.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+TRAIN_VIEWS = ("street", "satellite", "drone")
+CHALLENGE_QUERY_DIR = "workshop_query_street"
+CHALLENGE_GALLERY_DIR = "workshop_gallery_satellite"
+CHALLENGE_LIST = "query_street_name.txt"
+
+
+class DatasetError(ValueError):
+    """The data root is not usable; the message names the path and what was expected there."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    building: Optional[str]  # 4-digit building id; None where it is unknown (challenge queries/gallery)
+    name: str                # what answer files carry (see docs/architecture.md)
+
+
+@dataclass
+class RetrievalSet:
+    queries: list[ImageItem]
+    gallery: list[ImageItem]
+
+    @property
+    def query_ids(self) -> list[Optional[str]]:
+        return [q.building for q in self.queries]
+
+    @property
+    def gallery_ids(self) -> list[Optional[str]]:
+        return [g.building for g in self.gallery]
+
+    @property
+    def distractors(self) -> list[str]:
+        """Gallery buildings that no query asks for."""
+        asked = set(self.query_ids)
+        return sorted({g.building for g in self.gallery if g.building is not None and g.building not in asked})
+
+
+@dataclass
+class TrainSplit:
+    street: dict[str, list[Path]]
+    satellite: dict[str, list[Path]]
+    drone: dict[str, list[Path]]
+    google: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def buildings(self) -> list[str]:
+        """Buildings usable for street -> satellite training: at least one street and one satellite image."""
+        return sorted(b for b in self.satellite if self.satellite[b] and self.street.get(b))
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_view(folder: Path) -> dict[str, list[Path]]:
+    """building id -> sorted images; empty building folders stay (as empty lists) and never crash."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: missing folder (expected one sub-folder of images per building id)")
+    return {d.name: list_images(d) for d in sorted(folder.iterdir()) if d.is_dir()}
+
+
+def _items(view: dict[str, list[Path]], name_of) -> list[ImageItem]:
+    return [ImageItem(p, b, name_of(p)) for b, paths in view.items() for p in paths]
+
+
+def load_image(path: Path | str) -> Image.Image:
+    """Open an image as RGB; a corrupt or unreadable file names its path."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
+
+
+class University1652:
+    """The dataset at `root`, validated on construction."""
+
+    def __init__(self, root: str | Path, include_google: bool = False):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: data root not found (expected a University-1652 folder with "
+                               "train/ and test/, or data_root: embedded)")
+        for split in ("train", "test"):
+            if not (self.root / split).is_dir():
+                raise DatasetError(f"{self.root / split}: missing split folder; a University-1652 root holds "
+                                   f"train/ and test/ (found: {sorted(p.name for p in self.root.iterdir())})")
+        train = self.root / "train"
+        google = read_view(train / "google") if include_google and (train / "google").is_dir() else {}
+        self.train = TrainSplit(*(read_view(train / v) for v in TRAIN_VIEWS), google=google)
+        if not self.train.buildings:
+            raise DatasetError(f"{train}: no building has both street/ and satellite/ images")
+        self.test = self._read_test()
+        self.challenge = self._read_challenge()
+
+    # --- splits ---------------------------------------------------------------------------------
+    def _read_test(self) -> RetrievalSet:
+        test = self.root / "test"
+        queries = _items(read_view(test / "query_street"), lambda p: f"{p.parent.name}/{p.name}")
+        gallery = _items(read_view(test / "gallery_satellite"), lambda p: p.stem)
+        if not queries:
+            raise DatasetError(f"{test / 'query_street'}: no query images")
+        if not gallery:
+            raise DatasetError(f"{test / 'gallery_satellite'}: no gallery images")
+        return RetrievalSet(queries, gallery)
+
+    def _read_challenge(self) -> Optional[RetrievalSet]:
+        test = self.root / "test"
+        qdir, gdir = test / CHALLENGE_QUERY_DIR, test / CHALLENGE_GALLERY_DIR
+        if not qdir.is_dir() and not gdir.is_dir():
+            return None
+        listing = next((p for p in (test / CHALLENGE_LIST, self.root / CHALLENGE_LIST, qdir / CHALLENGE_LIST)
+                        if p.is_file()), None)
+        if listing is None or not qdir.is_dir() or not gdir.is_dir():
+            raise DatasetError(f"{test}: incomplete challenge layout (expected {CHALLENGE_QUERY_DIR}/, "
+                               f"{CHALLENGE_GALLERY_DIR}/ and {CHALLENGE_LIST})")
+        files = {p.name: p for p in qdir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+        names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
+        missing = [n for n in names if n not in files]
+        if missing:
+            raise DatasetError(f"{listing}: {len(missing)} listed queries are not in {qdir} "
+                               f"(first: {missing[0]})")
+        queries = [ImageItem(files[n], None, n) for n in names]
+        gallery = [ImageItem(p, None, p.stem) for p in sorted(gdir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        return RetrievalSet(queries, gallery)
+
+    def split_buildings(self, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+        """Hold out train buildings for validation (seeded), so model selection never sees the test set."""
+        buildings = self.train.buildings
+        n_val = int(round(val_fraction * len(buildings)))
+        if val_fraction > 0 and n_val < 2:
+            n_val = min(2, len(buildings) - 2)
+        val = sorted(random.Random(seed).sample(buildings, n_val)) if n_val > 0 else []
+        held = set(val)
+        return [b for b in buildings if b not in held], val
+
+    def val_set(self, val_buildings: list[str]) -> RetrievalSet:
+        """Street queries of the held-out train buildings against their satellite images."""
+        view = {b: self.train.street[b] for b in val_buildings}
+        sats = {b: self.train.satellite[b] for b in val_buildings}
+        return RetrievalSet(_items(view, lambda p: f"{p.parent.name}/{p.name}"), _items(sats, lambda p: p.stem))
+
+    def summary(self) -> dict:
+        t = self.train
+        return {
+            "train buildings": len(t.buildings),
+            "train street images": sum(map(len, t.street.values())),
+            "train satellite images": sum(map(len, t.satellite.values())),
+            "train drone images": sum(map(len, t.drone.values())),
+            "test queries (street)": len(self.test.queries),
+            "test query buildings": len(set(self.test.query_ids)),
+            "test gallery (satellite)": len(self.test.gallery),
+            "test distractor buildings": len(self.test.distractors),
+            "challenge queries": len(self.challenge.queries) if self.challenge else 0,
+            "challenge gallery": len(self.challenge.gallery) if self.challenge else 0,
+        }
+
+
+def open_dataset(cfg, progress: bool = True) -> University1652:
+    """The dataset a run uses: the embedded world (generated once, cached) or the folder at data_root."""
+    if cfg.is_embedded:
+        from .world import WorldSpec, ensure_world
+
+        root = ensure_world(WorldSpec.from_params(cfg), progress=progress)
+    else:
+        root = cfg.data_root
+    return University1652(root, include_google=cfg.include_google)
+
+
+def images_per_building(view: dict[str, list[Path]]) -> list[int]:
+    return [len(v) for v in view.values()]
+
+
+def sample_image_sizes(paths: list[Path], n: int = 200, seed: int = 0) -> "pd.DataFrame":
+    """Width/height of up to n images (Pillow reads only the header)."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    picked = rng.sample(paths, min(n, len(paths)))
+    rows = []
+    for p in picked:
+        with Image.open(p) as im:
+            rows.append({"width": im.width, "height": im.height})
+    return pd.DataFrame(rows)
