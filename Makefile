@@ -26,9 +26,9 @@ test: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
+# Runs shared between sweeps run once; a failed variant is recorded, the rest go on, results are still written.
 tables: setup
-	set -e; for f in $(SWEEPS); do $(PY) -m vici_utils sweep $$f; done
-	$(MAKE) results
+	$(PY) -m vici_utils sweep $(SWEEPS); status=$$?; $(MAKE) results; exit $$status
 
 results: setup
 	$(PY) -m vici_utils results

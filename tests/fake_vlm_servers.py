@@ -38,6 +38,7 @@ class Seen:
     fingerprint: str      # hash of images and text, in order
     fault: str | None
     generation: dict      # generationConfig (Gemini) or the request body minus messages (OpenAI)
+    arrived: float        # time.perf_counter() on arrival
 
 
 def _mean_colour(jpeg: bytes) -> np.ndarray:
@@ -132,10 +133,13 @@ class FakeVLMServer:
         for part in images:
             digest.update(hashlib.sha256(part).digest())
         digest.update("\n".join(texts).encode())
+        arrived = time.perf_counter()
         with self.lock:
             fault = self.script.pop(0) if self.script else None
-            generation = body.get("generationConfig", {}) if gemini else {k: v for k, v in body.items() if k != "messages"}
-            self.seen.append(Seen(h.path, model, key, texts, images, digest.hexdigest(), fault, generation))
+            generation = (body.get("generationConfig", {}) if gemini
+                          else {k: v for k, v in body.items() if k != "messages"})
+            self.seen.append(Seen(h.path, model, key, texts, images, digest.hexdigest(), fault, generation,
+                                  arrived))
         if self.delay_s:
             time.sleep(self.delay_s)
         if fault == "timeout":
@@ -154,7 +158,8 @@ class FakeVLMServer:
             if code == 429:
                 error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
                                      "retryDelay": f"{self.retry_delay_s}s"}]
-            return self._send(h, code, {"error": error}, {"Retry-After": str(self.retry_delay_s)} if code == 429 else {})
+            headers = {"Retry-After": str(self.retry_delay_s)} if code == 429 else {}
+            return self._send(h, code, {"error": error}, headers)
 
         k = len(images) - 1
         ranking = self.ranker(images)
@@ -212,3 +217,44 @@ class FakeVLMServer:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
             pass
+
+
+def write_tiny_run(outputs_root, run_name: str = "t", buildings: int = 12, queries_per_building: int = 2,
+                   distractors: int = 2, dim: int = 16, noise: float = 0.9, seed: int = 0):
+    """A run folder with retrieval/features.npz over tiny solid-colour JPEGs, one colour per building, so the
+    oracle server can tell the true match. Features are noisy copies of the gallery's: retrieval is imperfect
+    (the true match is often 2nd-5th), which is what re-ranking is for. Returns the npz path."""
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    root = Path(outputs_root)
+    images = root / f"{run_name}_images"
+    images.mkdir(parents=True, exist_ok=True)
+    n_gallery = buildings + distractors
+    colours = rng.integers(0, 256, size=(n_gallery, 3))
+    gallery = rng.normal(size=(n_gallery, dim))
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    g_names, g_ids, g_paths = [], [], []
+    for b in range(n_gallery):
+        path = images / f"sat{b:04d}.jpg"
+        Image.new("RGB", (24, 24), tuple(int(c) for c in colours[b])).save(path)
+        g_names.append(f"sat{b:04d}")
+        g_ids.append(f"{b:04d}")
+        g_paths.append(str(path))
+    q_feats, q_names, q_ids, q_paths = [], [], [], []
+    for b in range(buildings):
+        for j in range(queries_per_building):
+            path = images / f"street{b:04d}_{j}.jpg"
+            Image.new("RGB", (30, 20), tuple(int(c) for c in colours[b])).save(path)
+            f = gallery[b] + noise * rng.normal(size=dim)
+            q_feats.append(f / np.linalg.norm(f))
+            q_names.append(f"{b:04d}/street{j}.jpg")
+            q_ids.append(f"{b:04d}")
+            q_paths.append(str(path))
+    out = root / run_name / "retrieval" / "features.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, query_features=np.asarray(q_feats, np.float32), query_ids=np.asarray(q_ids),
+             query_names=np.asarray(q_names), query_paths=np.asarray(q_paths),
+             gallery_features=gallery.astype(np.float32), gallery_ids=np.asarray(g_ids),
+             gallery_names=np.asarray(g_names), gallery_paths=np.asarray(g_paths))
+    return out

@@ -193,6 +193,10 @@ def test_bad_inputs_say_what_was_expected():
     dup[0] = [1, 1, 2, 3, 4]  # gallery 0 ("a") missing from row 0, so query "a" finds no good match there
     with pytest.raises(ValueError, match="permutation"):
         metrics.evaluate_ranking(dup, list("abcd"), list("abcde"))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.evaluate_scores(np.array([[0.1, np.nan]], np.float32), ["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="all junk"):
+        metrics.evaluate_scores(np.array([[0.1, 0.2]], np.float32), ["a"], [None, -1])
 
 
 # --- search -------------------------------------------------------------------------------------------------------

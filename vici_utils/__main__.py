@@ -1,4 +1,4 @@
-"""Command line: `python -m vici_utils run|sweep|world ...`."""
+"""Command line: `python -m vici_utils run|world|sweep|results ...`."""
 from __future__ import annotations
 
 import argparse
@@ -28,13 +28,30 @@ def _world(args) -> int:
     return 0
 
 
-def _sweep(args) -> int:
+def _sweep(argv) -> int:
     from .sweep import main as sweep_main
 
-    return sweep_main(args.rest)
+    return sweep_main(argv)
+
+
+def _results(argv) -> int:
+    from .tables import main as results_main
+
+    return results_main(argv)
+
+
+# These parse their own arguments (options may come first).
+PASS_THROUGH = {"sweep": _sweep, "results": _results}
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        try:
+            return PASS_THROUGH[argv[0]](argv[1:])
+        except P.ParamsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="python -m vici_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext, fn in (("run", "execute the numbered notebooks with papermill", _run),
@@ -45,10 +62,8 @@ def main(argv=None) -> int:
         if name == "run":
             p.add_argument("--only", metavar="01,03", help="run only these notebooks (by number)")
         p.set_defaults(fn=fn)
-    p = sub.add_parser("sweep", help="run every variant of a sweep file and collect results.csv",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=_sweep)
+    sub.add_parser("sweep", help="run every variant of sweep files and collect results.csv (sweep --help)")
+    sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

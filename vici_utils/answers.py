@@ -92,11 +92,12 @@ def write_topk_csv(path, query_names: Sequence[str], gallery_names: Sequence[str
     return path
 
 
-def write_challenge(out_dir, names_per_query: Sequence[Sequence[str]]) -> tuple[Path, Path]:
+def write_challenge(out_dir, names_per_query: Sequence[Sequence[str]], k: int = CHALLENGE_K) -> tuple[Path, Path]:
     """answer.txt in the exact challenge format (10 names of 16 characters per line) and answer.zip holding it at
-    its root. Queries must already be in query_street_name.txt order (u1652 keeps that order)."""
+    its root. Queries must already be in query_street_name.txt order (u1652 keeps that order). A smaller k is
+    only for galleries of fewer than 10 images (tiny embedded worlds)."""
     out_dir = Path(out_dir)
-    txt = write_answer_txt(out_dir / "answer.txt", names_per_query, CHALLENGE_K, CHALLENGE_NAME_LENGTH)
+    txt = write_answer_txt(out_dir / "answer.txt", names_per_query, k, CHALLENGE_NAME_LENGTH)
     zip_path = out_dir / "answer.zip"
     tmp = zip_path.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:

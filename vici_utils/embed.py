@@ -41,7 +41,7 @@ def extract_features(model_tower_fn: Callable[[torch.Tensor], torch.Tensor], ite
     """Embed `items` (ImageItems or paths) with one tower: float32 [n, dim], L2-normalised.
 
     flip_tta adds the embedding of the horizontally flipped image before normalising, as the official test.py
-    does. A tower fn bound to a module in training mode is switched to eval for the pass (BatchNorm statistics)."""
+    does (towers that normalise their output, as ours do, then give the mean direction of the two). A tower fn bound to a module in training mode is switched to eval for the pass (BatchNorm statistics)."""
     from .datasets import ImageListDataset
 
     if len(items) == 0:
@@ -58,21 +58,20 @@ def extract_features(model_tower_fn: Callable[[torch.Tensor], torch.Tensor], ite
         owner.eval()
     out = None
     try:
-        bar = progress_bar(total=len(items), desc=desc, unit="img", disable=not progress)
-        for x, index in loader:
-            x = x.to(device, non_blocking=True)
-            if device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                f = model_tower_fn(x).float()
-                if flip_tta:
-                    f = f + model_tower_fn(torch.flip(x, dims=[3])).float()
-            f = F.normalize(f.flatten(1), dim=1).cpu().numpy()
-            if out is None:
-                out = np.empty((len(items), f.shape[1]), dtype=np.float32)
-            out[index.numpy()] = f
-            bar.update(len(f))
-        bar.close()
+        with progress_bar(total=len(items), desc=desc, unit="img", disable=not progress) as bar:
+            for x, index in loader:
+                x = x.to(device, non_blocking=True)
+                if device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, dtype):
+                    f = model_tower_fn(x).float()
+                    if flip_tta:
+                        f = f + model_tower_fn(torch.flip(x, dims=[3])).float()
+                f = F.normalize(f.flatten(1), dim=1).cpu().numpy()
+                if out is None:
+                    out = np.empty((len(items), f.shape[1]), dtype=np.float32)
+                out[index.numpy()] = f
+                bar.update(len(f))
     finally:
         if was_training:
             owner.train()

@@ -31,9 +31,11 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    # torch's differentiable all-gather (backward: reduce-scatter of the gradients, summed); the older
+    # torch.distributed.nn.functional.all_gather is deprecated in its favour
+    from torch.distributed._functional_collectives import all_gather_single
 
-    return torch.cat(all_gather(x), dim=0)
+    return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
 class InfoNCE(nn.Module):

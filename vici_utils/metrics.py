@@ -33,6 +33,7 @@ PROTOCOLS = ("official", "distractors_dropped")
 RECALL_KS = (1, 5, 10)
 _JUNK = -2       # gallery code of a junk image (never a good match, removed before ranking)
 _UNKNOWN = -1    # query code of a query whose building is unknown or absent from the gallery
+_BLOCK = 256     # query rows scored at a time: 256 x 951 scores (~1 MB) stay in the CPU cache
 
 
 def _features(x, name: str) -> np.ndarray:
@@ -135,6 +136,9 @@ def _encode_ids(query_ids: Sequence, gallery_ids: Sequence, protocol: str) -> tu
     vocab = {v: i for i, v in enumerate(sorted(set(g) - {None, "-1"}))}
     q_code = np.fromiter(map(vocab.get, q, repeat(_UNKNOWN)), np.int64, len(q))
     g_code = np.fromiter(map(vocab.get, g, repeat(_JUNK)), np.int64, len(g))
+    if not vocab:
+        raise ValueError(f"gallery_ids: no gallery image is left to rank ({len(g)} ids, all junk "
+                         f"(None / -1){' or distractors' if protocol == 'distractors_dropped' else ''})")
     return q_code, g_code
 
 
@@ -220,53 +224,66 @@ def evaluate_scores(scores, query_ids: Sequence, gallery_ids: Sequence, protocol
     """Metrics of a score matrix [nq, ng] (higher = better), equal to evaluate_ranking(rank_scores(scores), ...).
 
     No sorting: the position of a good match is the number of non-junk images that beat it (a higher score, or an
-    equal score and a lower index), counted for all queries at once."""
+    equal score and a lower index), counted for a block of queries at once."""
     s = np.asarray(scores, dtype=np.float32)
     if s.ndim != 2 or s.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"scores: expected shape ({len(query_ids)}, {len(gallery_ids)}) = (queries, gallery), "
                          f"got {s.shape}")
-    if not np.isfinite(s).all():
+    if not (np.isfinite(s.min()) and np.isfinite(s.max())):  # NaN and inf propagate to min / max
         raise ValueError("scores: contains NaN or infinity")
-    return _evaluate_scores(s, query_ids, gallery_ids, protocol)
-
-
-def _evaluate_scores(s: np.ndarray, query_ids: Sequence, gallery_ids: Sequence, protocol: str) -> dict:
     q_code, g_code = _encode_ids(query_ids, gallery_ids, protocol)
     keep = g_code != _JUNK
-    if not keep.all():  # junk never competes: drop its columns, then columns index the kept images
-        s, g_code = s[:, keep], g_code[keep]
-    cols, n_good = _good_columns(q_code, g_code)
-    rows = np.arange(len(q_code))
-    pos = np.full(cols.shape, np.iinfo(np.int64).max, dtype=np.int64)
-    for j in range(cols.shape[1]):  # over good-match slots (1 for street -> satellite), not over queries
-        live = rows[cols[:, j] >= 0]
-        if not len(live):
-            continue
-        sub = s if len(live) == len(rows) else s[live]
-        c = cols[live, j]
-        target = sub[np.arange(len(live)), c][:, None]
-        mask = np.empty(sub.shape, dtype=bool)
-        beaten_by = np.greater(sub, target, out=mask).view(np.uint8).sum(1, dtype=np.int64)
-        ties = np.equal(sub, target, out=mask).view(np.uint8).sum(1, dtype=np.int64) - 1
-        tied = np.flatnonzero(ties)  # rare with real features: count the tied images with a lower index
-        if len(tied):
-            lower = np.arange(sub.shape[1])[None, :] < c[tied, None]
-            beaten_by[tied] += (mask[tied] & lower).sum(1)
-        pos[live, j] = beaten_by
-    pos.sort(axis=1)  # padding slots hold the largest int64, so they sort last
-    return _summarise(pos, n_good, len(keep), int(keep.sum()), protocol)
+    if keep.all():
+        rows = lambda r0, r1: s[r0:r1]  # noqa: E731
+    else:  # junk never competes: drop its columns, then columns index the kept images
+        rows = lambda r0, r1: s[r0:r1, keep]  # noqa: E731
+    return _evaluate_blocks(rows, q_code, g_code, protocol)
 
 
 def evaluate(query_feats, gallery_feats, query_ids: Sequence, gallery_ids: Sequence,
              protocol: str = "official") -> dict:
     """Official metrics of street queries against the gallery: the numbers evaluate_ranking(full_ranking(...))
-    gives, computed without sorting (see evaluate_scores)."""
+    gives, computed without sorting (see evaluate_scores) and without holding the whole score matrix."""
     q, g = _features(query_feats, "query_feats"), _features(gallery_feats, "gallery_feats")
     _check_pair(q, g)
     if len(q) != len(query_ids) or len(g) != len(gallery_ids):
         raise ValueError(f"{len(q)} query features for {len(query_ids)} query ids, "
                          f"{len(g)} gallery features for {len(gallery_ids)} gallery ids: they must match")
-    return _evaluate_scores(q @ g.T, query_ids, gallery_ids, protocol)
+    q_code, g_code = _encode_ids(query_ids, gallery_ids, protocol)
+    keep = g_code != _JUNK
+    gt = np.ascontiguousarray(g[keep].T) if not keep.all() else g.T
+    return _evaluate_blocks(lambda r0, r1: q[r0:r1] @ gt, q_code, g_code, protocol)
+
+
+def _evaluate_blocks(score_rows, q_code: np.ndarray, g_code: np.ndarray, protocol: str) -> dict:
+    """Positions of every good match from blocks of query rows: score_rows(r0, r1) gives the scores of queries
+    r0..r1 against the kept gallery images. A block (scores and masks) stays in the CPU cache."""
+    n_total = len(g_code)
+    keep = g_code != _JUNK
+    g_code = g_code[keep]
+    cols, n_good = _good_columns(q_code, g_code)
+    pos = np.full(cols.shape, np.iinfo(np.int64).max, dtype=np.int64)
+    mask = np.empty((_BLOCK, len(g_code)), dtype=bool)
+    for r0 in range(0, len(q_code), _BLOCK):
+        r1 = min(r0 + _BLOCK, len(q_code))
+        block = score_rows(r0, r1)
+        for j in range(cols.shape[1]):  # over good-match slots (1 for street -> satellite), not over queries
+            live = np.flatnonzero(cols[r0:r1, j] >= 0)
+            if not len(live):
+                continue
+            sub = block if len(live) == len(block) else block[live]
+            c = cols[r0 + live, j]
+            target = sub[np.arange(len(live)), c][:, None]
+            m = mask[:len(live)]
+            beaten_by = np.greater(sub, target, out=m).view(np.uint8).sum(1, dtype=np.int64)
+            ties = np.equal(sub, target, out=m).view(np.uint8).sum(1, dtype=np.int64) - 1
+            tied = np.flatnonzero(ties)  # rare with real features: count the tied images with a lower index
+            if len(tied):
+                lower = np.arange(sub.shape[1])[None, :] < c[tied, None]
+                beaten_by[tied] += (m[tied] & lower).sum(1)
+            pos[r0 + live, j] = beaten_by
+    pos.sort(axis=1)  # padding slots hold the largest int64, so they sort last
+    return _summarise(pos, n_good, n_total, int(keep.sum()), protocol)
 
 
 def scalars(metrics: dict) -> dict:

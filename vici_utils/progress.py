@@ -6,6 +6,7 @@ that refresh rarely; an interactive Jupyter session gets widget bars.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -26,13 +27,10 @@ def _interactive_notebook() -> bool:
 
 def progress(iterable=None, **kwargs):
     """tqdm with sensible defaults; `disable=True` silences it (tests)."""
-    if _interactive_notebook():
-        try:
-            from tqdm.notebook import tqdm as _nb_tqdm
+    if _interactive_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as _nb_tqdm
 
-            return _nb_tqdm(iterable, **kwargs)
-        except ImportError:  # ipywidgets missing: fall back to text
-            pass
+        return _nb_tqdm(iterable, **kwargs)
     headless = not sys.stderr.isatty()
     kwargs.setdefault("mininterval", 5.0 if headless else 0.2)
     kwargs.setdefault("dynamic_ncols", not headless)

@@ -10,10 +10,16 @@ A sweep file names a base parameters file and a list of variants:
     base: ../default.yaml        # parameters file, relative to this file
     set: {epochs: 40}            # applied to every variant (optional)
     seeds: [0, 1, 2]             # optional: every variant once per seed, named <variant>_s<seed>
-    only: ["02", "03", "04"]     # optional: the notebooks each run executes (default: all)
+    only: ["02", "03", "04"]     # optional: the notebooks each run executes (default: all; a variant may
+                                 #   name its own)
     variants:
       - {name: p0, set: {drone_rate: 0.0}, label: "P = 0"}
       - {name: p0.3, set: {drone_rate: 0.3}, paper_row: "+ Drone Data", rerank_paper_row: "+ VLM Re-rank (Ours)"}
+
+A variant may evaluate the model another (earlier) variant trained instead of training its own:
+`model_from: flash` runs only the notebooks after training, with init_checkpoint pointing at that
+variant's best.pt (same seed) and epochs 0; its training parameters must equal that variant's. Re-ranking
+variants (by backend or model) use it so one trained model serves them all.
 
 A variant's parameters are: base file < sweep `set` < variant `set` < seed < --set. Every variant is
 validated before anything runs. A run that already finished (manifest status ok) with the same resolved
@@ -30,10 +36,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import paper
 from . import params as P
@@ -42,6 +48,9 @@ from .tables import read_run
 
 SEGMENT = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"  # one folder name (run_name's pattern, without '/')
 RESERVED = {"run_name": "the sweep names each run <sweep>/<variant>", "seed": "list seeds under `seeds:`"}
+TRAINING_NOTEBOOKS = ("01", "02")  # data exploration and training: what a model_from run leaves out
+# notebook numbers as two-digit strings (YAML reads [02, 3] as ints)
+Notebooks = Annotated[list[str], BeforeValidator(lambda v: [str(x).zfill(2) for x in v] if isinstance(v, list) else v)]
 
 
 class Variant(BaseModel):
@@ -52,6 +61,8 @@ class Variant(BaseModel):
     label: Optional[str] = Field(None, description="row label in the tables (default: name)")
     paper_row: Optional[str] = Field(None, description="the paper row this variant's retrieval stands beside")
     rerank_paper_row: Optional[str] = Field(None, description="the paper row its re-ranked result stands beside")
+    model_from: Optional[str] = Field(None, description="an earlier variant whose trained model this one evaluates")
+    only: Optional[Notebooks] = Field(None, description="notebooks for this variant (default: the sweep's)")
 
 
 class SweepSpec(BaseModel):
@@ -60,10 +71,9 @@ class SweepSpec(BaseModel):
     sweep: str = Field(pattern=SEGMENT)
     base: str
     table: Optional[Literal[tuple(paper.TABLES)]] = None
-    description: str = ""
     overrides: dict[str, Any] = Field(default_factory=dict, alias="set")
     seeds: Optional[list[int]] = Field(None, min_length=1)
-    only: Optional[list[str]] = None
+    only: Optional[Notebooks] = None
     variants: list[Variant] = Field(min_length=1)
 
     @field_validator("seeds")
@@ -73,17 +83,17 @@ class SweepSpec(BaseModel):
             raise ValueError(f"seeds must be distinct, got {v}")
         return v
 
-    @field_validator("only", mode="before")
-    @classmethod
-    def _only_as_strings(cls, v):  # YAML reads [02, 03] as ints
-        return [str(x).zfill(2) for x in v] if v is not None else v
-
     @model_validator(mode="after")
     def _check_variants(self):
         names = [v.name for v in self.variants]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"variant names must be distinct; repeated: {', '.join(twice)}")
+        trains = {v.name: v.model_from is None for v in self.variants}
+        for i, v in enumerate(self.variants):
+            if v.model_from is not None and (v.model_from not in names[:i] or not trains[v.model_from]):
+                raise ValueError(f"variant '{v.name}': model_from {v.model_from!r} must name an earlier variant "
+                                 f"that trains its own model (earlier: {', '.join(names[:i]) or 'none'})")
         if self.table:
             rows = set(paper.TABLES[self.table].iloc[:, 0])
             for v in self.variants:
@@ -98,9 +108,11 @@ class SweepSpec(BaseModel):
 @dataclass
 class PlannedRun:
     variant: Variant
-    name: str              # folder under outputs/<sweep>/: the variant name, plus _s<seed> with seeds
+    name: str                              # folder under outputs/<sweep>/: variant name, plus _s<seed> with seeds
     seed: Optional[int]
     params: P.Params
+    only: Optional[list[str]] = None       # notebook numbers to execute (None: all)
+    model_from: Optional[PlannedRun] = None  # the run whose trained model this one evaluates
 
     @property
     def run_name(self) -> str:
@@ -171,19 +183,56 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
     for v in spec.variants:
         _check_keys(v.overrides, f"{path}: variant '{v.name}'")
 
-    runs = []
+    from .runner import discover_notebooks
+
+    runs: list[PlannedRun] = []
     for v in spec.variants:
+        only = v.only or spec.only
+        numbers = [b.name[:2] for b in discover_notebooks(only)]  # unknown numbers fail here, before any run
         for seed in spec.seeds or [None]:
             name = v.name if seed is None else f"{v.name}_s{seed}"
             raw_run = base | spec.overrides | v.overrides | ({"seed": seed} if seed is not None else {})
             raw_run |= overrides | {"run_name": f"{spec.sweep}/{name}"}
             params = P.absolutize(P.validate(raw_run, f"{path}: variant '{name}'"))
-            runs.append(PlannedRun(v, name, seed, params))
-    if spec.only:
-        from .runner import discover_notebooks
-
-        discover_notebooks(spec.only)  # unknown notebook numbers fail here, before anything runs
+            run = PlannedRun(v, name, seed, params, only)
+            if v.model_from:
+                run.model_from = next(r for r in runs if r.variant.name == v.model_from and r.seed == seed)
+                _evaluate_only(run, path, numbers)
+            runs.append(run)
+    index = finished_runs()
+    for run in runs:
+        if run.model_from:
+            bind_model(run, index)
     return Sweep(spec, path, runs)
+
+
+def _evaluate_only(run: PlannedRun, path: Path, numbers: list[str]) -> None:
+    """Make a model_from run evaluate its source's model: same training parameters, no training notebooks."""
+    from .train import TRAIN_KEYS
+
+    src = run.model_from
+    for key in TRAIN_KEYS:
+        if key not in ("init_checkpoint", "epochs") and getattr(run.params, key) != getattr(src.params, key):
+            raise P.ParamsError(f"{path}: variant '{run.name}' takes its model from '{src.name}' but sets the "
+                                f"training parameter {key} to {getattr(run.params, key)!r} (the model was trained "
+                                f"with {getattr(src.params, key)!r}); give it its own training instead")
+    run.params = run.params.model_copy(update={"epochs": 0})
+    run.only = [n for n in numbers if n not in TRAINING_NOTEBOOKS]
+    if not run.only:
+        raise P.ParamsError(f"{path}: variant '{run.name}' (model_from '{src.name}') has no notebook to run "
+                            f"after training (only: {', '.join(numbers)})")
+
+
+def checkpoint_of(folder: Path) -> Path:
+    return folder / "train" / "best.pt"
+
+
+def bind_model(run: PlannedRun, index: Optional[dict[Path, dict]] = None) -> None:
+    """Point a model_from run at the checkpoint of its source, wherever the source's finished run lives
+    (its own folder, or a reused run elsewhere); looked up again just before the run executes."""
+    src = run.model_from
+    folder = find_finished(src, _wanted_notebooks(src.only), index) or run_dir(src.run_name)
+    run.params = run.params.model_copy(update={"init_checkpoint": str(checkpoint_of(folder))})
 
 
 # --- finished runs ------------------------------------------------------------------------------------------
@@ -210,27 +259,26 @@ def finished(manifest: Optional[dict], params: P.Params, notebooks: list[str]) -
     """True when a manifest records a finished run of these parameters that executed these notebooks."""
     if not manifest or manifest.get("status") != "ok":
         return False
-    if _comparable(manifest.get("params", {})) != _comparable(json.loads(json.dumps(params.model_dump(), default=str))):
+    if _comparable(manifest.get("params", {})) != _comparable(params.model_dump()):
         return False
     ok = {n["name"] for n in manifest.get("notebooks", []) if n.get("status") == "ok"}
     return set(notebooks) <= ok
 
 
-def _run_folders() -> list[Path]:
-    """Run folders under outputs/ (one or two levels down: 'run' or 'sweep/variant')."""
+def finished_runs() -> dict[Path, dict]:
+    """Manifests of the finished runs under outputs/, by folder ('run' or 'sweep/variant')."""
     root = outputs_root()
-    found = sorted(root.glob("*/run.json")) + sorted(root.glob("*/*/run.json"))
-    return [f.parent for f in found]
+    found = {f.parent: _manifest(f.parent) for f in sorted(root.glob("*/run.json")) + sorted(root.glob("*/*/run.json"))}
+    return {folder: m for folder, m in found.items() if m and m.get("status") == "ok"}
 
 
-def find_finished(run: PlannedRun, notebooks: list[str], folders: Optional[list[Path]] = None) -> Optional[Path]:
+def find_finished(run: PlannedRun, notebooks: list[str], index: Optional[dict[Path, dict]] = None) -> Optional[Path]:
     """The folder of a finished run this planned run can use: its own first, else any other with the same
-    parameters."""
+    parameters. index: finished_runs(), when the caller looks up many runs at once."""
+    index = finished_runs() if index is None else index
     own = run_dir(run.run_name)
-    if finished(_manifest(own), run.params, notebooks):
-        return own
-    for folder in folders if folders is not None else _run_folders():
-        if folder != own and finished(_manifest(folder), run.params, notebooks):
+    for folder in [own, *(f for f in index if f != own)]:
+        if finished(index.get(folder), run.params, notebooks):
             return folder
     return None
 
@@ -240,15 +288,15 @@ def find_finished(run: PlannedRun, notebooks: list[str], folders: Optional[list[
 def collect(sweep: Sweep, failures: Optional[dict[str, str]] = None) -> pd.DataFrame:
     """One row per planned run: what was swept, the metrics and where they came from; written to
     outputs/<sweep>/results.csv."""
-    notebooks = _wanted_notebooks(sweep.spec.only)
-    folders = _run_folders()
+    index = finished_runs()
     rows = []
     for r in sweep.runs:
-        source = find_finished(r, notebooks, folders)
+        source = find_finished(r, _wanted_notebooks(r.only), index)
         folder = source or run_dir(r.run_name)
         row = {"sweep": sweep.name, "table": sweep.spec.table or "", "variant": r.variant.name, "run": r.run_name,
                "seed": r.params.seed, "label": r.variant.label or r.variant.name,
-               "paper_row": r.variant.paper_row or "", "rerank_paper_row": r.variant.rerank_paper_row or ""}
+               "paper_row": r.variant.paper_row or "", "rerank_paper_row": r.variant.rerank_paper_row or "",
+               "model_from": r.model_from.run_name if r.model_from else ""}
         row |= {f"param.{k}": getattr(r.params, k) for k in sweep.swept_keys}
         found = read_run(folder, with_model_stats=sweep.spec.table == "backbones")
         if source is None:
@@ -267,11 +315,22 @@ def collect(sweep: Sweep, failures: Optional[dict[str, str]] = None) -> pd.DataF
 
 # --- running ------------------------------------------------------------------------------------------------
 
-def plan(sweep: Sweep, force: bool = False) -> list[tuple[PlannedRun, Optional[Path]]]:
-    """Each planned run with the finished run it can use (None: it has to run)."""
-    notebooks = _wanted_notebooks(sweep.spec.only)
-    folders = _run_folders()
-    return [(r, None if force else find_finished(r, notebooks, folders)) for r in sweep.runs]
+def plan(sweep: Sweep, force: bool = False, upcoming: Optional[dict] = None) -> list[tuple[PlannedRun, Optional[Path]]]:
+    """Each planned run with the finished run it can use (None: it has to run). upcoming collects the runs
+    planned so far (by parameters), so a dry run of several sweeps counts a run shared by two of them once."""
+    index = finished_runs()
+    out = []
+    for r in sweep.runs:
+        notebooks = set(_wanted_notebooks(r.only))
+        src = None if force else find_finished(r, list(notebooks), index)
+        if src is None and upcoming is not None:
+            key = _comparable(r.params.model_dump())
+            if key in upcoming and notebooks <= upcoming[key][1]:
+                src = run_dir(upcoming[key][0])
+            else:
+                upcoming[key] = (r.run_name, notebooks)
+        out.append((r, src))
+    return out
 
 
 def estimate_s(sweep: Sweep) -> Optional[float]:
@@ -284,16 +343,18 @@ def estimate_s(sweep: Sweep) -> Optional[float]:
 def describe_plan(sweep: Sweep, planned, log: Callable[[str], None] = print) -> int:
     todo = sum(src is None for _, src in planned)
     log(f"sweep '{sweep.name}' ({sweep.path}): {len(planned)} runs, {todo} to run, "
-        f"{len(planned) - todo} already done; notebooks {', '.join(_wanted_notebooks(sweep.spec.only))}")
+        f"{len(planned) - todo} done or shared with another run")
     for r, src in planned:
         swept = ", ".join(f"{k}={getattr(r.params, k)}" for k in sweep.swept_keys)
+        swept += f"  [notebooks {','.join(n[:2] for n in _wanted_notebooks(r.only))}]"
         if src is None:
-            state = "run"
+            state = "run" + (f" (model from {r.model_from.run_name})" if r.model_from else "")
         elif src == run_dir(r.run_name):
             state = "done"
         else:
-            state = f"reuse {src.relative_to(outputs_root())}"
-        log(f"  {r.run_name:<32} {swept:<48} {state}")
+            state = f"reuse {src.relative_to(outputs_root())}" + ("" if (src / "run.json").is_file() else
+                                                                  " (once it has run)")
+        log(f"  {r.run_name:<32} {swept:<60} {state}")
     return todo
 
 
@@ -301,17 +362,23 @@ def run_sweep(sweep: Sweep, force: bool = False, log: Callable[[str], None] = pr
     """Run what is not done yet, one variant after another; results.csv is rewritten after each run."""
     from .runner import RunFailed, run
 
-    notebooks = _wanted_notebooks(sweep.spec.only)
     failures: dict[str, str] = {}
     describe_plan(sweep, plan(sweep, force), log)
     try:
         for r in sweep.runs:
+            if r.model_from:
+                bind_model(r)
+                if not Path(r.params.init_checkpoint).is_file():
+                    failures[r.run_name] = (f"no trained model to evaluate: {r.params.init_checkpoint} is missing "
+                                            f"(run {r.model_from.run_name} did not finish)")
+                    log(f"VARIANT SKIPPED {r.run_name}: {failures[r.run_name]}")
+                    continue
             # looked up again now: an earlier variant of this sweep may have just done the same work
-            if not force and find_finished(r, notebooks) is not None:
+            if not force and find_finished(r, _wanted_notebooks(r.only)) is not None:
                 continue
             t0 = time.time()
             try:
-                run(r.params, only=sweep.spec.only, log=log)
+                run(r.params, only=r.only, log=log)
             except RunFailed as e:
                 failures[r.run_name] = str(e).splitlines()[0]
                 log(f"VARIANT FAILED {r.run_name}: {e}")
@@ -344,12 +411,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     if args.dry_run or args.collect_only:
+        upcoming: dict = {}
         for s in sweeps:
             if args.collect_only:
                 df = collect(s)
                 print(f"{s.folder / 'results.csv'}: {len(df)} rows, {(df['status'] == 'ok').sum()} ok")
             else:
-                todo = describe_plan(s, plan(s, args.force))
+                todo = describe_plan(s, plan(s, args.force, upcoming))
                 each = estimate_s(s)
                 if todo and each:
                     print(f"  estimate: {todo} x {each / 60:.1f} min = {todo * each / 60:.0f} min "

@@ -26,10 +26,11 @@ from .paths import REPO_ROOT, outputs_root, run_dir
 METRICS = ("R@1", "R@5", "R@10", "AP")
 SHOWN = ("R@1", "R@5", "R@10")
 FUSIONS = ("weighted", "vlm", "rrf")
-DESCRIBED = ("backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model", "fusion")
+DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model",
+             "fusion")
 TITLES = {"backbones": "Feature extractors", "vlms": "Re-ranking", "drone_rate": "Drone augmentation",
           "ablation": "Ablation", "": "Results"}
-TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "error", "status")
+TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -52,27 +53,39 @@ def _flat(prefix: str, d: dict) -> dict:
     return out
 
 
+def _this_runs(path: Path, manifest: dict) -> Optional[dict]:
+    """A metrics file, if this run wrote it: a file older than the run's start is left over from an earlier
+    run in the same folder (say, re-ranking metrics of a run that has since dropped re-ranking)."""
+    try:
+        started = dt.datetime.fromisoformat(manifest["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        started = None
+    if started is not None and path.is_file() and path.stat().st_mtime < started:
+        return None
+    return _read_json(path)
+
+
 def _train_seconds(folder: Path, manifest: dict) -> Optional[float]:
-    """Training wall time: the train log's own clock if it keeps one, else the training notebook's duration
-    (which also counts building the world when that run built it first)."""
+    """Training wall time: the train log's clock, else the training notebook's duration (which also counts
+    building the world when that run built it first)."""
     log = folder / "train" / "train_log.csv"
     if log.is_file():
         try:
             df = pd.read_csv(log)
         except (OSError, ValueError, pd.errors.EmptyDataError):
             df = pd.DataFrame()
-        for col in ("elapsed_s", "wall_s", "time_s", "elapsed"):
-            if col in df and len(df):
-                return float(df[col].iloc[-1])
+        if "seconds" in df and len(df):  # train.py's clock: cumulative over epochs and resumed sessions
+            return float(df["seconds"].iloc[-1])
     for nb in manifest.get("notebooks", []):
         if nb.get("name", "").startswith("02") and nb.get("status") == "ok":
             return nb.get("duration_s")
     return None
 
 
-def read_run(folder: Path, with_model_stats: bool = False) -> dict:
+def read_run(folder: Path, with_model_stats: bool = False, fresh_only: bool = True) -> dict:
     """Everything the tables need from one run folder, as one flat row: status, provenance (data, model,
-    device, code version, dates), retrieval metrics, re-ranking metrics per fusion rule, durations."""
+    device, code version, dates), retrieval metrics, re-ranking metrics per fusion rule, durations.
+    fresh_only: ignore metrics files older than the manifest's start (left by an earlier run in the folder)."""
     from .figures import describe_data, describe_model
 
     manifest = _read_json(folder / "run.json")
@@ -94,12 +107,13 @@ def read_run(folder: Path, with_model_stats: bool = False) -> dict:
             "run_s": manifest.get("duration_s"), "train_s": _train_seconds(folder, manifest)}
     if cfg:
         row |= {f"param.{k}": getattr(cfg, k) for k in DESCRIBED}
-    retrieval = _read_json(folder / "retrieval" / "metrics.json") or {}
+    since = manifest if fresh_only else {}
+    retrieval = _this_runs(folder / "retrieval" / "metrics.json", since) or {}
     row |= {k: retrieval.get(k) for k in (*METRICS, "protocol", "n_query", "n_gallery")}
-    rerank = _read_json(folder / "rerank" / "metrics.json")
+    rerank = _this_runs(folder / "rerank" / "metrics.json", since)
     if rerank:
         row |= {"rerank.backend": rerank.get("backend"), "rerank.model": rerank.get("model"),
-                "rerank.cost_usd": rerank.get("cost_usd")}
+                "rerank.headline": rerank.get("headline"), "rerank.cost_usd": rerank.get("cost_usd")}
         for part in ("retrieval", *FUSIONS):
             if isinstance(rerank.get(part), dict):
                 row |= {f"rerank.{part}.{k}": rerank[part].get(k) for k in (*METRICS, "n_query")
@@ -150,7 +164,6 @@ class Table:
     provenance: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)        # columns between the row label and the metrics
     paper_extra: list[str] = field(default_factory=list)  # the paper's own extra columns
-    params: Optional[P.Params] = None                     # one run's parameters, for figure labels
 
     @property
     def title(self) -> str:
@@ -171,6 +184,11 @@ def _metric_row(label: str, source: pd.Series, prefix: str = "", **extra) -> dic
 def _has(agg_row: pd.Series, col: str) -> bool:
     v = agg_row.get(col)
     return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _headline(r: pd.Series) -> str:
+    """The fusion rule the run reports as its result (rerank metrics' 'headline', else the fusion param)."""
+    return r["rerank.headline"] if _has(r, "rerank.headline") else r.get("param.fusion")
 
 
 def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
@@ -207,19 +225,16 @@ def _ours(agg: pd.DataFrame, kind: str) -> tuple[list[dict], list[str]]:
         for _, r in agg.iterrows():
             for fusion in FUSIONS:
                 if _has(r, f"rerank.{fusion}.R@1"):
-                    headline = fusion == r.get("param.fusion")
+                    headline = fusion == _headline(r)
                     rows.append(_metric_row(_rerank_label(r, fusion, False), r, prefix=f"rerank.{fusion}.",
                                             paper_row=(r.get("rerank_paper_row") or "") if headline else ""))
     else:  # ablation, and any sweep of its own: retrieval per variant, plus the headline re-ranked result
         for _, r in agg.iterrows():
             rows.append(_metric_row(r["label"], r, paper_row=r.get("paper_row") or ""))
-            fusion = r.get("param.fusion")
+            fusion = _headline(r)
             if (kind != "ablation" or r.get("rerank_paper_row")) and _has(r, f"rerank.{fusion}.R@1"):
                 rows.append(_metric_row(_rerank_label(r, fusion), r, prefix=f"rerank.{fusion}.",
                                         paper_row=r.get("rerank_paper_row") or ""))
-    for row in rows:
-        if isinstance(row.get("paper_row"), float):  # empty csv cells read back as NaN
-            row["paper_row"] = ""
     return rows, extra
 
 
@@ -235,8 +250,9 @@ def _beside_paper(rows: list[dict], kind: str) -> tuple[pd.DataFrame, list[str]]
     if kind == "drone_rate":  # matched by the rate itself
         ours["_P"] = ours["P"].astype(float).round(3)
         merged = ours.merge(theirs.assign(_P=theirs[key].round(3)).drop(columns=[key]), on="_P", how="left")
-        merged["paper_row"] = [f"P = {p:g}" if found else "" for p, found in zip(merged["_P"], merged["paper R@1"].notna())]
-        matched = set(merged.loc[merged["paper R@1"].notna(), "_P"])
+        found = merged["paper R@1"].notna()
+        merged["paper_row"] = [f"P = {p:g}" if f else "" for p, f in zip(merged["_P"], found)]
+        matched = set(merged.loc[found, "_P"])
         rest = theirs[~theirs[key].round(3).isin(matched)]
         rest = rest.assign(P=rest[key], paper_row=[f"P = {p:g}" for p in rest[key]], row="").drop(columns=[key])
         merged = merged.drop(columns=["_P"])
@@ -261,20 +277,26 @@ def _provenance(results: pd.DataFrame, agg: pd.DataFrame, swept: list[str]) -> l
     data = uniq("data")
     lines.append(f"data: {'; '.join(data)}")
     if (ng := uniq("n_gallery")) and (nq := uniq("n_query")):
-        lines.append(f"test set: {', '.join(str(int(q)) for q in nq)} queries against {', '.join(str(int(g)) for g in ng)} "
-                     f"gallery images (chance R@1 = {100 / max(ng):.2g} %), protocol {', '.join(map(str, uniq('protocol')))}")
+        queries, gallery = ", ".join(str(int(q)) for q in nq), ", ".join(str(int(g)) for g in ng)
+        lines.append(f"test set: {queries} queries against {gallery} gallery images "
+                     f"(chance R@1 = {100 / max(ng):.2g} %), protocol {', '.join(map(str, uniq('protocol')))}")
     models = uniq("model")
-    lines.append(f"model: {models[0]}" + (f" (varied: {', '.join(swept)})" if swept else "")
-                 if len(models) <= 1 or swept else f"models: {'; '.join(models)}")
+    if swept:
+        lines.append(f"model: {models[0]}; varied: {', '.join(swept)}")
+    else:
+        lines.append(f"model{'s' if len(models) > 1 else ''}: {'; '.join(models)}")
+    if "model_from" in ok and (ok["model_from"] != "").any():
+        lines.append("variants with model_from evaluate the model another variant trained (no training of their own)")
     lines.append(f"hardware: {'; '.join(map(str, uniq('device')))}")
     seeds = sorted({int(s) for s in ok["seed"]})
     spread = "mean ± sample std over seeds" if agg["n"].max() > 1 else "one seed"
     lines.append(f"seeds: {', '.join(map(str, seeds))} ({spread}); {len(ok)} finished runs of {len(results)}")
-    total = pd.to_numeric(ok.get("run_s"), errors="coerce").sum()
+    own = ok.drop_duplicates("source_run") if "source_run" in ok else ok  # a run reused twice ran once
+    total = pd.to_numeric(own.get("train_s"), errors="coerce").sum()
     commits = sorted({str(c)[:8] for c in uniq("git_commit")}) or ["uncommitted"]
     dates = sorted(str(s)[:10] for s in uniq("started"))
     when = dates[0] if dates and dates[0] == dates[-1] else (f"{dates[0]} to {dates[-1]}" if dates else "?")
-    lines.append(f"run {when}, code {', '.join(commits)}; {total / 60:.0f} min of run time in all")
+    lines.append(f"run {when}, code {', '.join(commits)}; {total / 60:.0f} min of training in all")
     if "source_run" in ok:
         reused = ok[(ok["source_run"] != "") & (ok["source_run"] != ok["run"])]
         if len(reused):
@@ -292,22 +314,16 @@ def build(results: pd.DataFrame, name: Optional[str] = None) -> Table:
     results = results.copy()
     for col in TEXT_COLUMNS:  # empty cells of results.csv read back as NaN
         if col in results:
-            results[col] = results[col].fillna("").astype(str)
+            results[col] = results[col].astype(object).fillna("").astype(str)
     kind = results["table"].iloc[0] if "table" in results else ""
+    trained = results[results["model_from"] == ""] if "model_from" in results else results
     swept = [c.removeprefix("param.") for c in results.columns
-             if c.startswith("param.") and results[c].astype(str).nunique() > 1 and c != "param.seed"]
+             if c.startswith("param.") and c != "param.seed" and trained[c].astype(str).nunique() > 1]
     agg = aggregate(results)
     rows, extra = _ours(agg, kind) if len(agg) else ([], [])
     table_rows, paper_extra = _beside_paper(rows, kind) if rows else (pd.DataFrame(rows), [])
-    params = None
-    ok = results[results["status"] == "ok"]
-    if len(ok):
-        manifest = _read_json(outputs_root() / str(ok["source_run"].iloc[0] or ok["run"].iloc[0]) / "run.json") \
-            if "source_run" in ok else None
-        if manifest:
-            params = P.Params(**manifest["params"]).model_copy(update={"run_name": name or str(results["sweep"].iloc[0])})
     return Table(name or str(results["sweep"].iloc[0]), kind, table_rows, _provenance(results, agg, swept),
-                 extra, paper_extra, params)
+                 extra, paper_extra)
 
 
 def find_results(root: Optional[Path] = None) -> list[Path]:
@@ -322,15 +338,15 @@ def load_tables(root: Optional[Path] = None) -> list[Table]:
 
 
 def run_table(run_name: str) -> Optional[Table]:
-    """One run's own results (retrieval, and re-ranking if it ran) as a table, or None if it has none."""
+    """One run's own results (retrieval, and re-ranking if it ran) as a table, or None if it has none yet.
+    The run may still be going (this notebook is part of it), and its metrics may come from an earlier call
+    of the runner (`--only 05`), so any metrics in the folder count."""
     folder = run_dir(run_name)
-    row = read_run(folder)
-    if row.get("status") == "missing" or row.get("R@1") is None:
+    row = read_run(folder, fresh_only=False)
+    if row.get("R@1") is None:
         return None
-    manifest = _read_json(folder / "run.json")
     row |= {"sweep": run_name, "table": "", "variant": run_name, "run": run_name, "source_run": run_name,
-            "seed": manifest["params"].get("seed", 0), "label": run_name, "paper_row": "", "rerank_paper_row": "",
-            "status": "ok" if row.get("R@1") is not None else row["status"]}
+            "seed": row.get("param.seed", 0), "label": run_name, "status": "ok"}
     return build(pd.DataFrame([row]), run_name)
 
 
@@ -363,6 +379,10 @@ DIGITS = {"image px": 0, "params (M)": 1, "GMACs": 3, "dims": 0, "P": -1, "seeds
           "paper params_M": 0, "paper flops_G": 1, "paper dims": 0}
 
 
+PAPER_HEADERS = {"paper params_M": "paper's params (M)", "paper flops_G": "paper's FLOPs (G)",
+                 "paper dims": "paper's dims"}
+
+
 def display_frame(table: Table) -> pd.DataFrame:
     """The table as strings: ours as 'mean ± std' with the number of seeds, then the paper's columns."""
     df = table.rows
@@ -377,13 +397,14 @@ def display_frame(table: Table) -> pd.DataFrame:
     if table.kind in paper.TABLES:
         out["paper's row"] = df["paper_row"].fillna("")
         for c in [*table.paper_extra, *(f"paper {m}" for m in SHOWN)]:
-            out[c.replace("paper ", "paper's ")] = [_num(v, DIGITS.get(c, 2)) for v in df[c]]
+            out[PAPER_HEADERS.get(c, c.replace("paper ", "paper's "))] = [_num(v, DIGITS.get(c, 2)) for v in df[c]]
     return out
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
+    rule = "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(cols))) + "|"  # labels left, numbers right
+    lines = ["| " + " | ".join(cols) + " |", rule]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |")
     return "\n".join(lines)
@@ -393,8 +414,8 @@ def section(tables: list[Table], now: Optional[str] = None) -> str:
     """The README results section: each table with where its numbers came from."""
     now = now or dt.date.today().isoformat()
     out = [f"_Generated by `python -m vici_utils results` on {now} from `outputs/*/results.csv`; "
-           "do not edit by hand. Our columns are measured here; columns marked \"paper's\" are the VICI "
-           f"paper's published numbers ({paper.SOURCE}), not re-run._", ""]
+           "do not edit by hand. Our columns are measured here; columns marked \"paper's\" are published "
+           f"numbers of the {paper.SOURCE}, not re-run._", ""]
     if not tables:
         out.append("No sweep has finished yet: `make tables` runs them.")
     for t in tables:

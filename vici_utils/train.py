@@ -150,6 +150,17 @@ def _setup_distributed(cfg: P.Params) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def pair_data(cfg: P.Params, model, dataset, train_ids=None, rank: int = 0, world: int = 1):
+    """The training pairs (with the model's training transforms) and the batch sampler that plans epochs."""
+    if train_ids is None:
+        train_ids, _ = dataset.split_buildings(cfg.val_fraction, cfg.seed)
+    pairs = PairDataset(train_ids, dataset.train, model_transforms(cfg, model, True, "street"),
+                        model_transforms(cfg, model, True, "satellite"))
+    sampler = PairBatchSampler(*pairs.counts(), cfg.batch_size, cfg.seed, cfg.drone_rate, cfg.drone_high_only,
+                               cfg.street_sampling, rank, world)
+    return pairs, sampler
+
+
 # --- validation --------------------------------------------------------------------------------------
 def evaluate_model(model, retrieval_set, cfg: P.Params, device: torch.device) -> dict:
     """Street -> satellite metrics of a RetrievalSet with the official evaluator."""
@@ -211,7 +222,12 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         _check_stored_config(ckpt["config"], cfg, last_path)
 
-    dataset = open_dataset(cfg, progress=progress and main)
+    if main:  # rank 0 generates the embedded world (once); the other ranks then read it
+        dataset = open_dataset(cfg, progress=progress)
+    if world > 1:
+        dist.barrier()
+    if not main:
+        dataset = open_dataset(cfg, progress=False)
     train_ids, val_ids = dataset.split_buildings(cfg.val_fraction, cfg.seed)
     eval_set = cfg.select_on
     checked = dataset.test if eval_set == "test" else (dataset.val_set(val_ids) if val_ids else None)
@@ -224,18 +240,14 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
     model.to(device, memory_format=torch.channels_last)
     loss_fn = InfoNCE(cfg.temperature, cfg.learnable_temperature).to(device)
 
-    pairs = PairDataset(train_ids, dataset.train, model_transforms(cfg, model, True, "street"),
-                        model_transforms(cfg, model, True, "satellite"))
-    n_street, n_drone = pairs.counts()
-    sampler = PairBatchSampler(n_street, n_drone, cfg.batch_size, cfg.seed, cfg.drone_rate, cfg.drone_high_only,
-                               cfg.street_sampling, rank, world)
+    pairs, sampler = pair_data(cfg, model, dataset, train_ids, rank, world)
     workers = auto_workers(device) if cfg.num_workers is None else cfg.num_workers
     loader = DataLoader(pairs, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     steps_per_epoch = max(len(sampler), 1)
 
-    opt = torch.optim.AdamW(_param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr,
-                            fused=device.type == "cuda")
+    # fused AdamW: one kernel for all parameters, on the GPU and (5x cheaper than foreach) on the CPU
+    opt = torch.optim.AdamW(_param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
 
     start_epoch, step, rows, best, seconds = 0, 0, [], {"epoch": None, "metrics": {}}, 0.0
@@ -291,32 +303,30 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
                "lr": opt.param_groups[0]["lr"], "temperature": loss_fn.temperature,
                "drone_rate": totals[1].item() / max(totals[2].item(), 1), "eval_set": eval_set,
                **{k: float("nan") for k in METRICS}}
-        is_last = epoch + 1 == cfg.epochs
+        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
         improved = False
-        if main and checked is not None and ((epoch + 1) % cfg.val_every == 0 or is_last):
+        if main and checked is not None and validate:
             row.update(evaluate_model(model, checked, cfg, device))
             improved = best["epoch"] is None or row["R@1"] > best["metrics"]["R@1"]
         seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         row["seconds"] = round(seconds, 2)
         rows.append(row)
-        postfix = {"loss": f"{row['loss']:.3f}"}
-        if not math.isnan(row["R@1"]):
-            postfix[f"{eval_set} R@1"] = f"{row['R@1']:.1f}"
-        bar.set_postfix(postfix)
+        bar.set_postfix({"loss": f"{row['loss']:.3f}",
+                         **({f"{eval_set} R@1": f"{row['R@1']:.1f}"} if not math.isnan(row["R@1"]) else {})})
         if main:
-            if improved or (checked is None and is_last):
+            header = {"format": CHECKPOINT_FORMAT, "model_config": model.config, "config": cfg.model_dump(),
+                     "epoch": epoch + 1}
+            if improved or (checked is None and epoch + 1 == cfg.epochs):  # no validation: the last is the best
                 best = {"epoch": epoch + 1, "metrics": {k: row[k] for k in METRICS}}
-                _save_atomic({"format": CHECKPOINT_FORMAT, "model_config": model.config, "model": model.state_dict(),
-                              "config": cfg.model_dump(), "epoch": epoch + 1, "eval_set": eval_set,
-                              "metrics": best["metrics"]}, train_dir / "best.pt")
-            _save_atomic({"format": CHECKPOINT_FORMAT, "model_config": model.config, "model": model.state_dict(),
-                          "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "config": cfg.model_dump(), "epoch": epoch + 1, "step": step, "log": rows, "best": best,
-                          "seconds": seconds, "rng": _rng_state()}, last_path)
-            tmp = train_dir / f".train_log.csv.{os.getpid()}.tmp"
-            pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False)
-            os.replace(tmp, train_dir / "train_log.csv")
+                _save_atomic({**header, "model": model.state_dict(), "eval_set": eval_set, "metrics": best["metrics"]},
+                             train_dir / "best.pt")
+            if validate or epoch + 1 == end_epoch:  # not every epoch: for DINOv2-L, weights + AdamW state are ~7 GB a save
+                _save_atomic({**header, "model": model.state_dict(), "loss": loss_fn.state_dict(),
+                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                              "log": rows, "best": best, "seconds": seconds, "rng": _rng_state()}, last_path)
+            _write_text_atomic(train_dir / "train_log.csv",
+                               pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(index=False))
         if world > 1:
             dist.barrier()
     bar.close()
@@ -334,7 +344,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m vici_utils.train", description=__doc__.splitlines()[0])
     ap.add_argument("params", nargs="?", help="parameters YAML (default: the embedded defaults)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override parameters")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override parameters")
     args = ap.parse_args(argv)
     try:
         cfg = P.load(args.params, P.parse_set(args.set))

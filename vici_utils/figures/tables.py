@@ -1,6 +1,7 @@
 """Figures for notebook 05: our sweeps beside the paper's published numbers."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import matplotlib.pyplot as plt
@@ -20,23 +21,24 @@ def _ours(t: Table):
 
 def _label(tables: list[Table]) -> tuple[str, str]:
     """What a figure of several tables shows: the distinct data sources, and a model note."""
-    data = [t.provenance[0].removeprefix("data: ") for t in tables if t.provenance and t.provenance[0].startswith("data")]
+    data = [t.provenance[0].removeprefix("data: ") for t in tables if t.provenance[0].startswith("data: ")]
     ours = "; ".join(dict.fromkeys(data)) or "no run of ours yet"
-    return f"ours: {ours}; hollow/dashed: the paper's published numbers ({paper.SOURCE})", "per legend"
+    return f"ours: {ours} | paper's: University-1652 (published, grey)", "per legend"
 
 
 def _stamp(fig, tables: list[Table], cfg):
-    """Label with the sweeps' data; the run named is the first sweep's (cfg: the notebook's, when none ran)."""
+    """Label with the data of the sweeps shown, naming them as the run (the notebook's run when none)."""
     data, model = _label(tables)
-    cfg = next((t.params for t in tables if t.params is not None), cfg)
-    return stamp(fig, cfg, model=model, data=data)
+    runs = " + ".join(t.name for t in tables) or cfg.run_name
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.2))  # room for the label under the axis titles
+    return stamp(fig, cfg.model_copy(update={"run_name": runs}), model=model, data=data)
 
 
 def drone_rate_plot(tables: list[Table], cfg):
     """R@k against the drone substitution rate P: each sweep (mean ± std over seeds) and the paper."""
     fig, axes = plt.subplots(1, len(SHOWN), figsize=(12, 3.6))
     for ax, m in zip(axes, SHOWN):
-        for t, marker in zip(tables, "ovD^"):
+        for t, marker in zip(tables, itertools.cycle("ovD^")):
             ours = _ours(t).sort_values("P")
             ax.errorbar(ours["P"].astype(float), ours[m], yerr=ours[f"{m}_std"].fillna(0), marker=marker,
                         color=COLORS[m], capsize=3, label=f"ours: {t.name}")
@@ -50,16 +52,17 @@ def drone_rate_plot(tables: list[Table], cfg):
 def backbone_plot(tables: list[Table], cfg):
     """R@1 against forward cost per image (GMACs, log scale): each backbone sweep and the paper's backbones."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for t, marker in zip(tables, "ovD^"):
+    for t, marker in zip(tables, itertools.cycle("ovD^")):
         ours = _ours(t)
         ax.errorbar(ours["GMACs"].astype(float), ours["R@1"], yerr=ours["R@1_std"].fillna(0), fmt=marker,
                     capsize=3, label=f"ours: {t.name}")
-        for _, r in ours.iterrows():
-            ax.annotate(r["row"], (r["GMACs"], r["R@1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for i, (_, r) in enumerate(ours.iterrows()):
+            ax.annotate(r["row"], (r["GMACs"], r["R@1"]), fontsize=7, xytext=(4, 3 - 12 * (i % 2)),
+                        textcoords="offset points")
     p = paper.BACKBONES
     ax.plot(p["flops_G"], p["R@1"], ls="none", marker="s", mfc="white", color="0.4", label="paper's (University-1652)")
-    for _, r in p.iterrows():
-        ax.annotate(r["backbone"], (r["flops_G"], r["R@1"]), fontsize=7, color="0.4", xytext=(4, -9),
+    for i, (_, r) in enumerate(p.iterrows()):
+        ax.annotate(r["backbone"], (r["flops_G"], r["R@1"]), fontsize=7, color="0.4", xytext=(4, -9 + 12 * (i % 2)),
                     textcoords="offset points")
     ax.set_xscale("log")
     ax.set(title="R@1 against backbone cost", xlabel="GMACs per image at the run's size (the paper's 'FLOPs')",
@@ -87,9 +90,8 @@ def rerank_plot(tables: list[Table], cfg):
         width = 0.8 / max(len(rows), 1)
         for i, (_, r) in enumerate(rows.iterrows()):
             xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(SHOWN))]
-            errs = [0 if f"{m}_std" not in r or r[f"{m}_std"] is None or (isinstance(r[f"{m}_std"], float) and
-                                                                             math.isnan(r[f"{m}_std"]))
-                    else r[f"{m}_std"] for m in SHOWN]
+            errs = [r.get(f"{m}_std") for m in SHOWN]
+            errs = None if any(e is None or math.isnan(e) for e in errs) else errs  # one seed, or the paper's
             ax.bar(xs, [r[m] for m in SHOWN], width, yerr=errs, capsize=2, label=str(r["row"])[:60])
         ax.set_xticks(range(len(SHOWN)), SHOWN)
         ax.set(title=title, ylabel="recall (%)")

@@ -5,10 +5,17 @@
 
 Modules: prompt (what the model is asked and shown), schema (the answer and its checks), backends (Gemini,
 OpenAI-compatible), limits (rate limit, retries), cache (stored answers), ask (the worker pool),
-kreciprocal (the offline re-ranker), fusion, pricing, run (orchestration).
+kreciprocal (the offline re-ranker), fusion, pricing, run (orchestration), report (notebook tables).
+Names are imported on first use, so image-encoding worker processes import only what they need.
 """
-from .backends import RerankError
-from .limits import RetryPolicy
-from .run import RerankResult, load_features, metrics_table, run_rerank
+from importlib import import_module
 
-__all__ = ["RerankError", "RerankResult", "RetryPolicy", "load_features", "metrics_table", "run_rerank"]
+_EXPORTS = {"run_rerank": "run", "RerankResult": "run", "load_features": "run", "metrics_table": "run",
+            "RerankError": "backends", "RetryPolicy": "limits"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

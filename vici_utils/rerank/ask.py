@@ -115,11 +115,18 @@ async def ask_all(asker: Asker, jobs: list, build: Callable[[object], Request], 
     """Answer every job (built into a Request by `build`, in a thread: JPEG encoding is CPU work) with
     `concurrency` workers; returns {job: record}. A RerankError in any worker stops them all."""
     results: dict = {}
-    todo = iter(jobs)
+    todo = iter(jobs)  # one shared iterator: each job is taken by exactly one worker
+
+    def prepare():
+        job = next(todo, None)
+        return None if job is None else (job, asyncio.ensure_future(asyncio.to_thread(build, job)))
 
     async def worker():
-        for job in todo:  # one shared iterator: each job is taken by exactly one worker
-            request = await asyncio.to_thread(build, job)
+        upcoming = prepare()
+        while upcoming is not None:
+            job, request = upcoming
+            request = await request
+            upcoming = prepare()  # encode the next request's images while this one is in flight
             results[job] = await asker.ask(request)
             if on_done:
                 on_done(job, results[job])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import functools
 import os
 import re
 import time
@@ -76,8 +78,22 @@ def _fatal_or_transient(backend: str, model: str, base: str, status: int, messag
                               "Stopping the run rather than silently keeping the retrieval order."))
 
 
+def _thinking(types, model: str):
+    """A bounded thinking allowance, so thoughts cannot eat the output budget (finish reason MAX_TOKENS, no
+    JSON). Gemini 1.x / 2.0 reject a thinking config; Gemini 3 takes a level, 2.5 a token budget."""
+    if re.search(r"gemini-(1\.|2\.0)", model):
+        return None
+    if re.search(r"gemini-3", model):
+        return types.ThinkingConfig(thinking_level=types.ThinkingLevel.LOW)
+    return types.ThinkingConfig(thinking_budget=THINKING_BUDGET)
+
+
 class GeminiBackend:
-    """google-genai, async client. The SDK's own retries stay off: ours honour RetryInfo and log."""
+    """google-genai. The SDK's own retries stay off: ours honour RetryInfo and log.
+
+    The SDK turns a request into JSON in pure Python (pydantic walks, base64, json.dumps: ~50 ms for eleven
+    384-px images). On the event loop that would stall every other request's socket I/O, so each call runs
+    the SDK's synchronous client in a thread of our own pool instead."""
     name = "gemini"
 
     def __init__(self, cfg):
@@ -85,6 +101,8 @@ class GeminiBackend:
         from google.genai import types
 
         self.types = types
+        # spare threads: a timed-out call keeps its thread until the SDK's own timeout (the same) fires
+        self.pool = concurrent.futures.ThreadPoolExecutor(2 * cfg.vlm_concurrency, thread_name_prefix="gemini")
         self.model = cfg.vlm_model
         self.base = cfg.vlm_base_url or "https://generativelanguage.googleapis.com"
         self.timeout_s = cfg.vlm_timeout_s
@@ -93,15 +111,13 @@ class GeminiBackend:
         media = {"unspecified": None, "low": types.MediaResolution.MEDIA_RESOLUTION_LOW,
                  "medium": types.MediaResolution.MEDIA_RESOLUTION_MEDIUM,
                  "high": types.MediaResolution.MEDIA_RESOLUTION_HIGH}[cfg.vlm_media_resolution]
-        # Gemini 1.x / 2.0 reject a thinking config; later models think, and an unbounded budget can eat
-        # the whole output allowance (finish reason MAX_TOKENS, no JSON).
-        thinking = None if re.search(r"gemini-(1\.|2\.0)", self.model) else types.ThinkingConfig(
-            thinking_budget=THINKING_BUDGET)
+        thinking = _thinking(types, self.model)
         self.config = types.GenerateContentConfig(
             temperature=TEMPERATURE, max_output_tokens=MAX_OUTPUT_TOKENS, response_mime_type="application/json",
             response_schema=RerankAnswer, media_resolution=media, thinking_config=thinking)
         self.settings = {"backend": self.name, "model": self.model, "temperature": TEMPERATURE,
-                         "max_output_tokens": MAX_OUTPUT_TOKENS, "thinking_budget": thinking and THINKING_BUDGET,
+                         "max_output_tokens": MAX_OUTPUT_TOKENS,
+                         "thinking": thinking and thinking.model_dump(exclude_none=True),
                          "media_resolution": cfg.vlm_media_resolution, "image_size": cfg.vlm_image_size,
                          "prompt_version": PROMPT_VERSION, "schema": json_schema()}
 
@@ -115,11 +131,11 @@ class GeminiBackend:
         from google.genai import errors
 
         t0 = time.perf_counter()
+        call = functools.partial(self.client.models.generate_content, model=self.model,
+                                 contents=self._contents(request), config=self.config)
         try:
-            response = await asyncio.wait_for(
-                self.client.aio.models.generate_content(model=self.model, contents=self._contents(request),
-                                                        config=self.config),
-                timeout=self.timeout_s)
+            response = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.pool, call),
+                                              timeout=self.timeout_s)
         except errors.APIError as e:
             retry_after = server_retry_delay(getattr(e.response, "headers", None), e.details)
             raise _fatal_or_transient(self.name, self.model, self.base, e.code or 0,
@@ -143,7 +159,8 @@ class GeminiBackend:
         return Reply(text, finish, tokens, response.model_version, latency)
 
     async def aclose(self) -> None:
-        await self.client.aio.aclose()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
 
 
 class OpenAIBackend:

@@ -8,6 +8,12 @@ members by exp(-distance), average that vector over the k2 nearest images (local
 compare query and gallery vectors with a Jaccard distance. The final distance mixes the Jaccard
 distance with the original: (1 - lambda) * jaccard + lambda * original.
 
+One change for cross-view data: two separate towers leave a *modality gap* (street embeddings sit closer
+to each other than to any satellite embedding), which splits the joint neighbour graph in two: a query's
+k1 nearest neighbours are then all street photos and the Jaccard term sees no tile. Centring each
+modality on its own mean (over all queries, over all gallery images; no labels) closes the gap before
+the graph is built. `centre=False` gives the published algorithm.
+
 Everything is vectorised over the (queries + gallery) graph: a few seconds for 2,579 x 951 on a laptop.
 """
 from __future__ import annotations
@@ -40,10 +46,18 @@ def _reciprocal(dist: np.ndarray, k: int):
     return nn, mask, reciprocal
 
 
-def kreciprocal_distances(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6,
-                          lam: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """(final, original) query x gallery distances; `original` is the squared distance scaled per query."""
+def _centred(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=0, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def kreciprocal_distances(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6, lam: float = 0.3,
+                          centre: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(final, original) query x gallery distances; `original` is the squared distance scaled per query
+    (of the centred features when `centre`)."""
     nq = len(query)
+    if centre:
+        query, gallery = _centred(np.asarray(query, np.float32)), _centred(np.asarray(gallery, np.float32))
     feats = np.concatenate([query, gallery]).astype(np.float32)
     n = len(feats)
     k1, k2 = min(k1, n - 1), min(k2, n)

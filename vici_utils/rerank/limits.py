@@ -40,12 +40,13 @@ class RetryPolicy:
 
 
 class TokenBucket:
-    """At most `rpm` acquisitions a minute, in a steady stream: tokens refill at rpm/60 a second and the
-    bucket holds at most `burst` (default: one second's worth, at least one)."""
+    """At most `rpm` acquisitions a minute: tokens refill at rpm/60 a second and the bucket holds at most
+    `burst`. The default burst of 1 spaces requests evenly (60/rpm s apart), so no 60-s window ever holds
+    more than rpm + 1 of them."""
 
-    def __init__(self, rpm: float, burst: Optional[int] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rpm: float, burst: int = 1, clock: Callable[[], float] = time.monotonic):
         self.rate = rpm / 60.0
-        self.capacity = float(burst if burst is not None else max(1, int(self.rate)))
+        self.capacity = float(burst)
         self.tokens = self.capacity
         self.clock = clock
         self.last = clock()

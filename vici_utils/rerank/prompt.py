@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from ..u1652 import load_image
+from PIL import Image, UnidentifiedImageError
+
+from ..u1652 import DatasetError
 
 PROMPT_VERSION = "2025-06-v1"  # part of every cache key: changing the wording invalidates stored answers
 JPEG_QUALITY = 90
@@ -64,23 +69,89 @@ class Request:
         return h.hexdigest()
 
 
-@lru_cache(maxsize=4096)
 def jpeg_bytes(path: str, size: int) -> bytes:
     """The image at `path`, downscaled so its longer side is at most `size`, re-encoded as JPEG.
-    Deterministic for a given Pillow version, so the bytes (and cache keys) are stable across runs."""
-    im = load_image(path)
-    im.thumbnail((size, size))
+    Deterministic for a given Pillow version, so the bytes (and cache keys) are stable across runs.
+    Large JPEGs are decoded at a reduced scale (draft) and resized bilinearly (Pillow's resize filters
+    are area-aware when shrinking): this runs once per image per run and must keep up with the requests."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
+    scale = size / max(im.size)
+    if scale < 1:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
+class ImageEncoder:
+    """jpeg_bytes for a whole run, started ahead of the requests in a few threads (Pillow releases the GIL
+    while it decodes, resizes and encodes), so a request rarely waits for its images.
+
+    `plan` lists every image the run will ask for, in order; the encoder keeps up to `ahead` of them in
+    progress, and forgets each image after its planned last use (a gallery image is shown many times but
+    encoded once), so memory stays bounded on long runs."""
+
+    def __init__(self, workers: int | None = None, ahead: int = 64):
+        self.ahead = ahead
+        self._pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1), thread_name_prefix="jpeg")
+        self._futures: dict[tuple[str, int], Future] = {}
+        self._plan: deque = deque()
+        self._uses: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def plan(self, paths, size: int) -> None:
+        keys = [(str(p), size) for p in paths]
+        with self._lock:
+            self._uses.update(keys)
+            self._plan.extend(dict.fromkeys(keys))
+            self._top_up()
+
+    def _submit(self, key) -> None:
+        self._futures[key] = self._pool.submit(jpeg_bytes, *key)
+
+    def _top_up(self) -> None:
+        busy = sum(not f.done() for f in self._futures.values())
+        while self._plan and busy < self.ahead:
+            key = self._plan.popleft()
+            if key not in self._futures:
+                self._submit(key)
+                busy += 1
+
+    def encode(self, paths: list[str], size: int) -> list[bytes]:
+        keys = [(str(p), size) for p in paths]
+        with self._lock:
+            for key in keys:
+                if key not in self._futures:
+                    self._submit(key)
+            futures = [self._futures[key] for key in keys]
+        images = [f.result() for f in futures]
+        with self._lock:
+            for key in keys:
+                if key in self._uses:
+                    self._uses[key] -= 1
+                    if self._uses[key] <= 0:
+                        del self._uses[key], self._futures[key]
+            self._top_up()
+        return images
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._futures.clear()
+
+
 def build_request(query_index: int, query_name: str, query_path: str | Path, candidate_names: list[str],
-                  candidate_paths: list[str | Path], order: list[int], permutation: int, image_size: int) -> Request:
+                  candidate_paths: list[str | Path], order: list[int], permutation: int, image_size: int,
+                  encoder: ImageEncoder) -> Request:
     """The request for one query: `candidate_*` in retrieval order, presented in `order`."""
     k = len(order)
-    parts: list[str | bytes] = [INTRO.format(k=k), "Ground photo:", jpeg_bytes(str(query_path), image_size)]
-    for slot, pos in enumerate(order, start=1):
-        parts += [f"Satellite image {slot}:", jpeg_bytes(str(candidate_paths[pos]), image_size)]
+    images = encoder.encode([query_path, *(candidate_paths[pos] for pos in order)], image_size)
+    parts: list[str | bytes] = [INTRO.format(k=k), "Ground photo:", images[0]]
+    for slot, image in enumerate(images[1:], start=1):
+        parts += [f"Satellite image {slot}:", image]
     parts.append(TASK.format(k=k))
     return Request(query_index, query_name, permutation, list(order), [candidate_names[p] for p in order], parts)

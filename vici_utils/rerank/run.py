@@ -25,13 +25,15 @@ import pandas as pd
 from ..paths import run_dir
 from ..progress import progress as progress_bar
 from . import fusion, pricing
-from .backends import RerankError, make_backend, redact
+from .backends import make_backend, redact
 from .kreciprocal import kreciprocal_distances
 from .limits import RetryPolicy
 
 FEATURE_KEYS = ("query_features", "query_ids", "query_names", "query_paths",
                 "gallery_features", "gallery_ids", "gallery_names", "gallery_paths")
 ANSWER_K = 10
+ANSWER_TEXT = ("summary_ground_image", "summary_satellite_images", "reason")
+RESULT_FILES = ("answer_fused.txt", "answer_vlm.txt", "reasons.jsonl", "metrics.json")  # cache.jsonl stays
 
 
 @dataclass
@@ -134,9 +136,10 @@ def _run_coroutine(coro):
 def _vlm_outcomes(cfg, feats, ranking, k, out_dir: Path, policy: RetryPolicy, show_progress: bool):
     from .ask import Asker, ask_all
     from .cache import AnswerCache
-    from .prompt import build_request
+    from .prompt import ImageEncoder, build_request
 
     backend = make_backend(cfg)
+    encoder = ImageEncoder()
     cache = AnswerCache(out_dir / "cache.jsonl")
     orders = {q: _permutations(k, cfg.vlm_permutations, cfg.seed, q) for q in range(len(ranking))}
     jobs = [(q, p) for q in range(len(ranking)) for p in range(cfg.vlm_permutations)]
@@ -146,8 +149,10 @@ def _vlm_outcomes(cfg, feats, ranking, k, out_dir: Path, policy: RetryPolicy, sh
         q, p = job
         cand = ranking[q, :k]
         return build_request(q, feats["query_names"][q], feats["query_paths"][q], [g_names[g] for g in cand],
-                             [g_paths[g] for g in cand], orders[q][p], p, cfg.vlm_image_size)
+                             [g_paths[g] for g in cand], orders[q][p], p, cfg.vlm_image_size, encoder)
 
+    encoder.plan((path for q, p in jobs for path in [feats["query_paths"][q], *(g_paths[g] for g in ranking[q, :k])]),
+                 cfg.vlm_image_size)
     bar = progress_bar(total=len(jobs), desc=f"re-ranking ({cfg.rerank_backend} {cfg.vlm_model})",
                        disable=not show_progress)
     asker = Asker(backend, cache, policy, cfg.vlm_rpm)
@@ -168,6 +173,7 @@ def _vlm_outcomes(cfg, feats, ranking, k, out_dir: Path, policy: RetryPolicy, sh
     finally:
         bar.close()
         cache.close()
+        encoder.close()
 
     outcomes = []
     for q in range(len(ranking)):
@@ -178,7 +184,8 @@ def _vlm_outcomes(cfg, feats, ranking, k, out_dir: Path, policy: RetryPolicy, sh
             answers.append({"permutation": p, "presented": [cand[i] for i in order], "ranking": r.get("ranking"),
                             "ok": r["ok"], "fault": r.get("fault"), "cached": r.get("cached", False),
                             "model_version": r.get("model_version"), "usage": r.get("usage", {}),
-                            "latency_s": r.get("latency_s")})
+                            "latency_s": r.get("latency_s"),
+                            **{key: r.get(key) for key in ANSWER_TEXT if r["ok"]}})
             if r["ok"]:
                 good.append((fusion.to_positions(r["ranking"], order), r))
         if good:
@@ -238,6 +245,8 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     ranking = full[:n_sel]
     out_dir = run_dir(cfg.run_name) / "rerank"
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:  # a run that stops early must not leave an earlier run's results looking current
+        (out_dir / name).unlink(missing_ok=True)
 
     stats = None
     if cfg.rerank_backend in ("none", "kreciprocal"):

@@ -47,6 +47,8 @@ class WorldSpec:
     street_test: tuple = (3, 4)    # street queries per test location
     drone_train: tuple = (4, 6)    # drone images per train location
     empty_google: int = 2          # train buildings with an empty google/ folder, as in the real data
+    sat_metres: float = 96.0       # ground covered by a satellite tile: the target and its neighbours
+    supersample: float = 1.0       # rays per pixel side for drone/street (1 is 4x cheaper than 2)
 
     def __post_init__(self):
         total = self.train_locations + self.test_locations + self.distractors
@@ -79,7 +81,7 @@ def render_location(spec: WorldSpec, split: str, index: int, street: bool = True
     scene = make_scene(rngs["scene"], make_palette(spec.seed), spec.difficulty)
     photo = rngs["photo"]
     out = {"building": spec.building_id(split, index), "satellite":
-           photo_finish(render_satellite(scene, spec.sat_size), photo, spec.difficulty),
+           photo_finish(render_satellite(scene, spec.sat_size, spec.sat_metres), photo, spec.difficulty),
            "street": [], "drone": [], "cameras": {"street": [], "drone": []}, "scene": scene.meta}
     if split == "distractor":
         return out
@@ -87,13 +89,14 @@ def render_location(spec: WorldSpec, split: str, index: int, street: bool = True
         lo, hi = spec.street_train if split == "train" else spec.street_test
         cams = street_cameras(scene, rngs["street"], int(rngs["street"].integers(lo, hi + 1)),
                               spec.difficulty)
-        views = [render_view(scene, c, spec.view_size) for c in cams]
+        views = [render_view(scene, c, spec.view_size, spec.supersample) for c in cams]
         out["street"] = [photo_finish(v, photo, spec.difficulty) for v in views]
         out["cameras"]["street"] = cams
     if drone and split == "train":
         cams = drone_cameras(scene, rngs["drone"], int(rngs["drone"].integers(spec.drone_train[0],
                                                                             spec.drone_train[1] + 1)))
-        out["drone"] = [photo_finish(render_view(scene, c, spec.view_size), rngs["drone"], spec.difficulty)
+        out["drone"] = [photo_finish(render_view(scene, c, spec.view_size, spec.supersample), rngs["drone"],
+                                     spec.difficulty)
                         for c in cams]
         out["cameras"]["drone"] = cams
     return out

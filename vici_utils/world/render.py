@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import CELL, HALF, N, SAT_CELLS, Scene
+from .scene import CELL, HALF, N, Scene
 
 STEP = 0.5      # metres between samples along a column; one cell, so no wall is stepped over
 
@@ -173,10 +173,11 @@ def _facade(sc: Scene, cell, px, py, pz, h_top):
     return colour * (0.72 + 0.28 * np.clip(pz / 3.0, 0, 1))[:, None]   # darker near the ground
 
 
-def render_satellite(sc: Scene, size: int) -> np.ndarray:
-    """Top-down orthographic, north-up: the central SAT_CELLS of the top map, box-filtered to size."""
-    lo = (N - SAT_CELLS) // 2
-    return _downsample(sc.top[lo:lo + SAT_CELLS, lo:lo + SAT_CELLS], size)
+def render_satellite(sc: Scene, size: int, metres: float = 96.0) -> np.ndarray:
+    """Top-down orthographic, north-up: the central `metres` square of the top map, box-filtered."""
+    cells = min(int(round(metres / CELL)), N)
+    lo = (N - cells) // 2
+    return _downsample(sc.top[lo:lo + cells, lo:lo + cells], size)
 
 
 def photo_finish(img: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.ndarray:

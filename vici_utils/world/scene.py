@@ -1,7 +1,8 @@
 """Procedural 2.5-D scene of one location: a heightmap with lit top colours and facade colours.
 
 The scene is a square grid of N x N cells (CELL metres each) centred on the target building; x points
-east, y north, and grid row 0 is the northern edge, so the top map is already a north-up satellite tile.
+east, y north, and grid row 0 is the northern edge, so the top map is already north-up (the satellite
+tile is its central square).
 Everything a renderer needs is baked per cell: height, lit top colour (ground/roofs, cast shadows
 included), facade albedo and how much sun each facade cell gets, plus a small per-building table
 (pose, window rhythm) so facades can draw floors and windows at the exact hit point.
@@ -19,7 +20,6 @@ import numpy as np
 
 CELL = 0.5         # metres per cell
 N = 320            # cells per side: 160 m, so oblique views see scene rather than void
-SAT_CELLS = 256    # the satellite tile covers the central 128 m
 HALF = N * CELL / 2
 SPLIT_CODES = {"train": 0, "test": 1, "distractor": 2}
 
@@ -132,6 +132,7 @@ class _Builder:
         self.ny = np.zeros((N, N), np.float32)
         self.bid = np.zeros((N, N), np.int32)
         self.blocked = np.zeros((N, N), bool)
+        self.crowns = []
         self.rows = [dict(cx=0.0, cy=0.0, cos=1.0, sin=0.0, floor_h=3.0, win_frac=0.0, win_w=2.0,
                           win=np.zeros(3, np.float32), height=0.0, style=-1)]
 
@@ -213,19 +214,20 @@ class _Builder:
         self.ny[sl] = np.where(put, ly / rr, self.ny[sl])
         self.bid[sl] = np.where(put, 0, self.bid[sl])
         self.blocked[sl] |= inside
+        self.crowns.append((sl, put, lx / r, ly / r, np.sqrt(np.maximum(1 - d2 / (r * r), 0))))
 
 
 def _cast_shadows(height: np.ndarray, sun_az: float, sun_el: float) -> np.ndarray:
     """Cells whose line to the sun is blocked: march towards the sun one cell along the major axis."""
     dx, dy = np.sin(sun_az), np.cos(sun_az)          # compass azimuth: towards the sun, east/north
     major = max(abs(dx), abs(dy))
-    step_m = CELL / major                             # horizontal metres per march step
+    step_m = 2 * CELL / major     # two cells along the major axis: blockers are >= 2 m wide anyway
     hmax = float(height.max())
     steps = int(np.ceil(hmax / np.tan(sun_el) / step_m))
     shadow = np.zeros(height.shape, bool)
     for k in range(1, steps + 1):
-        dj, di = int(round(k * dx / major)), int(round(-k * dy / major))
-        rise = k * step_m * np.tan(sun_el)
+        dj, di = int(round(2 * k * dx / major)), int(round(-2 * k * dy / major))
+        rise = np.float32(k * step_m * np.tan(sun_el))
         if abs(di) >= N or abs(dj) >= N or rise > hmax:
             break
         # blocker[i, j] = height[i + di, j + dj] (zero off-grid)
@@ -241,40 +243,36 @@ def make_scene(rng: np.random.Generator, palette: Palette, difficulty: float) ->
     b = _Builder()
 
     # --- ground: a main type with patches of a second one, noise growing with difficulty ------------
-    g1, g2 = rng.choice(len(GROUNDS), 2, replace=False)
-    patches = value_noise(rng, 40) > rng.uniform(-0.3, 0.8)
-    albedo = np.where(patches[..., None], GROUNDS[g2], GROUNDS[g1])
-    fine = value_noise(rng, 6) * (0.04 + 0.06 * d) + value_noise(rng, 20) * (0.03 + 0.05 * d)
-    ground = albedo * (1 + fine)[..., None]
+    # Surfaces are material ids first, colours once at the end (one gather instead of many wheres).
+    g1, g2 = (int(g) for g in rng.choice(len(GROUNDS), 2, replace=False))
+    mat = np.where(value_noise(rng, 40) > rng.uniform(-0.3, 0.8), np.uint8(1), np.uint8(0))
+    fine = value_noise(rng, 6) * np.float32(0.04 + 0.06 * d) + value_noise(rng, 20) * np.float32(0.03 + 0.05 * d)
 
     # --- roads on a rotated grid; a u-road passes beside the target --------------------------------
     theta = rng.uniform(0, np.pi / 2)
-    cth, sth = np.cos(theta), np.sin(theta)
-    u, v = GX * cth + GY * sth, -GX * sth + GY * cth
+    cth, sth = float(np.cos(theta)), float(np.sin(theta))
+    u, v = GX * cth + GY * sth, GY * cth - GX * sth
     t_ha, t_hb = rng.uniform(7, 13), rng.uniform(6, 11)      # target main box, half sizes along u, v
     road_w, walk_w = rng.uniform(3.0, 5.0), rng.uniform(1.5, 2.5)
-    side = rng.choice([-1.0, 1.0])
+    side = float(rng.choice([-1.0, 1.0]))
     su = rng.uniform(50, 75)
     u0 = side * (t_ha + rng.uniform(2, 6) + walk_w + road_w)
-    du = np.abs((u - u0 + su / 2) % su - su / 2)
-    onroad = du < road_w
-    lane_u = (du < 0.3) & ((v % 6.0) < 3.0)
+    du = np.abs((u - np.float32(u0 - su / 2)) % np.float32(su) - np.float32(su / 2))
     if rng.random() < 0.7:                          # cross streets, kept off the target
         sv = rng.uniform(60, 85)
-        v0 = rng.choice([-1.0, 1.0]) * (t_hb + rng.uniform(8, 12) + walk_w + road_w)
-        dv = np.abs((v - v0 + sv / 2) % sv - sv / 2)
+        v0 = float(rng.choice([-1.0, 1.0])) * (t_hb + rng.uniform(8, 12) + walk_w + road_w)
+        dv = np.abs((v - np.float32(v0 - sv / 2)) % np.float32(sv) - np.float32(sv / 2))
     else:
         dv = np.full_like(du, 1e3)
-    onroad_v = dv < road_w
-    lane_v = (dv < 0.3) & ((u % 6.0) < 3.0) & ~onroad
-    lanes = (lane_u & ~onroad_v) | lane_v
-    road = onroad | onroad_v
-    walk = ((du < road_w + walk_w) | (dv < road_w + walk_w)) & ~road
-    asphalt = np.array(ASPHALT, np.float32) * rng.uniform(0.85, 1.2)
-    ground = np.where(road[..., None], asphalt * (1 + 0.5 * fine)[..., None], ground)
-    ground = np.where(walk[..., None], np.array(SIDEWALK, np.float32) * rng.uniform(0.9, 1.1), ground)
-    ground = np.where(lanes[..., None], np.float32(0.85), ground)
-    b.blocked |= (du < road_w + walk_w + 0.5) | (dv < road_w + walk_w + 0.5)
+    near_road = np.minimum(du, dv)
+    road = near_road < road_w
+    walk = (near_road < road_w + walk_w) & ~road
+    lanes = (((du < 0.3) & (v % 6.0 < 3.0) & (dv >= road_w))
+             | ((dv < 0.3) & (u % 6.0 < 3.0) & (du >= road_w)))
+    mat[road] = 2
+    mat[walk] = 3
+    mat[lanes] = 4
+    b.blocked |= near_road < road_w + walk_w + 0.5
 
     # --- water: sometimes a pond off the centre ----------------------------------------------------
     if rng.random() < 0.25:
@@ -283,9 +281,15 @@ def make_scene(rng: np.random.Generator, palette: Palette, difficulty: float) ->
         rx, ry = rng.uniform(6, 16), rng.uniform(5, 12)
         pond = ((GX - px) / rx) ** 2 + ((GY - py) / ry) ** 2 + 0.25 * value_noise(rng, 10) < 1
         pond &= ~b.blocked
-        ground = np.where(pond[..., None], np.array(WATER, np.float32) * (1 + 0.3 * fine)[..., None], ground)
+        mat[pond] = 5
         b.blocked |= pond
-    b.top[:] = ground
+    table = np.stack([GROUNDS[g1], GROUNDS[g2], np.array(ASPHALT, np.float32) * rng.uniform(0.85, 1.2),
+                      np.array(SIDEWALK, np.float32) * rng.uniform(0.9, 1.1), np.full(3, 0.85, np.float32),
+                      np.array(WATER, np.float32)]).astype(np.float32)
+    grain = np.array([1.0, 1.0, 0.5, 0.3, 0.0, 0.3], np.float32)   # how much noise each material shows
+    shade = 1 + grain[mat] * fine
+    for c in range(3):
+        b.top[..., c] = table[:, c][mat] * shade
 
     # --- target: 1-3 boxes of one style near the centre --------------------------------------------
     style = int(rng.integers(palette.size))
@@ -335,7 +339,7 @@ def make_scene(rng: np.random.Generator, palette: Palette, difficulty: float) ->
         placed += 1
 
     # --- cars on the roads, trees on free ground ----------------------------------------------------
-    road_cells = np.flatnonzero(road & (du < road_w - 1.2) | road & (dv < road_w - 1.2))
+    road_cells = np.flatnonzero(near_road < road_w - 1.2)
     for _ in range(int(rng.integers(2, 8) + 10 * d)):
         if road_cells.size == 0:
             break
@@ -358,13 +362,10 @@ def make_scene(rng: np.random.Generator, palette: Palette, difficulty: float) ->
                    np.float32)
     ambient = np.array([0.36, 0.38, 0.44], np.float32) * rng.uniform(0.9, 1.1)
     sun_rgb = np.array([0.78, 0.75, 0.70], np.float32) * rng.uniform(0.9, 1.1)
-    shadow = _cast_shadows(b.height, sun_az, sun_el)
-    # Crowns are domes: light them by their slope so trees read as round from above.
-    gy, gx = np.gradient(b.height, CELL)
-    tree = (b.bid == 0) & (b.height > 0.1)
-    slope_n = np.where(tree[..., None], np.stack([-gx, gy, np.ones_like(gx)], -1), np.array([0, 0, 1.0]))
-    slope_n /= np.linalg.norm(slope_n, axis=-1, keepdims=True)
-    direct = np.clip(slope_n @ sun, 0, 1) * ~shadow
+    direct = np.full((N, N), sun[2], np.float32)
+    for sl, put, nx, ny, nz in b.crowns:     # crowns are domes: lit by their slope, round from above
+        direct[sl] = np.where(put, np.clip(nx * sun[0] + ny * sun[1] + nz * sun[2], 0, 1), direct[sl])
+    direct[_cast_shadows(b.height, sun_az, sun_el)] = 0
     top = b.top * (ambient + sun_rgb * direct[..., None])
     side_sun = np.clip(b.nx * sun[0] + b.ny * sun[1], 0, 1).astype(np.float32)
 

@@ -1,0 +1,205 @@
+"""The real Gemini and OpenAI-compatible clients against loopback servers, with the faults real APIs produce."""
+import json
+import time
+
+import pytest
+
+from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
+from vici_utils import params as P
+from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
+
+KEY = "test-key-SECRET-7f3a9c"
+BACKENDS = ["gemini", "openai"]
+
+
+@pytest.fixture
+def tiny(outputs, monkeypatch):
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    write_tiny_run(outputs, "t", buildings=4, queries_per_building=1, distractors=2)
+    return outputs
+
+
+@pytest.fixture
+def server():
+    with FakeVLMServer() as s:
+        yield s
+
+
+def config(backend, server, **kw):
+    base = server.url if backend == "gemini" else server.url + "/v1"
+    raw = {"run_name": "t", "rerank_backend": backend, "vlm_base_url": base, "rerank_top_k": 5, "vlm_rpm": 100000,
+           "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2}
+    if backend == "openai":
+        raw["vlm_model"] = "qwen2.5-vl"
+    raw.update(kw)
+    return P.validate(raw)
+
+
+def rerank(cfg):
+    return run_rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
+
+
+def reasons(outputs):
+    return [json.loads(line) for line in (outputs / "t" / "rerank" / "reasons.jsonl").read_text().splitlines()]
+
+
+def assert_no_secret(folder):
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        assert KEY.encode() not in p.read_bytes(), f"the API key leaked into {p}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_oracle_server_lifts_r1_to_the_top_k_ceiling(tiny, server, backend):
+    result = rerank(config(backend, server))
+    m = result.metrics
+    assert m["vlm"]["R@1"] == pytest.approx(m["r_at_k_ceiling"]) and m["retrieval"]["R@1"] < m["r_at_k_ceiling"]
+    assert m["vlm"]["R@10"] == m["retrieval"]["R@10"] == m["weighted"]["R@10"] == m["rrf"]["R@10"]
+    assert m["counts"] == {"ok": 4, "fallback": 0, "requests": 4, "sent": 4, "cached": 0, "invalid_answers": 0,
+                           "gave_up": 0, "retries": 0}
+    assert len(server.seen) == 4 and all(len(s.images) == 6 for s in server.seen)
+    assert all("Satellite image 5:" in s.texts and s.api_key == KEY for s in server.seen)
+    assert m["tokens"] == {"input": 4 * (64 * 6 + 300), "output": 4 * 120, "thoughts": 4 * 40}
+    assert sum(m["model_versions"].values()) == 4 and "fake" in next(iter(m["model_versions"]))
+    if backend == "gemini":
+        assert server.seen[0].path == "/v1/models/gemini-2.5-flash:generateContent"
+        g = server.seen[0].generation
+        assert g["temperature"] == 0 and g["responseMimeType"] == "application/json"
+        assert g["mediaResolution"] == "MEDIA_RESOLUTION_LOW" and g["thinkingConfig"]["thinking_budget"] > 0
+        assert set(g["responseSchema"]["required"]) >= {"ranking", "reason"}
+        assert m["cost_usd"] > 0
+    else:
+        g = server.seen[0].generation
+        assert g["model"] == "qwen2.5-vl" and g["temperature"] == 0
+        assert g["response_format"]["type"] == "json_schema"
+        assert m["cost_usd"] == 0
+    outs = tiny / "t" / "rerank"
+    fused = (outs / "answer_fused.txt").read_text().splitlines()
+    assert len(fused) == 4 and all(len(line.split("\t")) == 6 for line in fused)
+    r = reasons(tiny)
+    assert all(x["status"] == "ok" and x["answers"][0]["presented"] == x["candidates"] for x in r)
+    hits = [x for x in r if x["true_match_rank"]["retrieval"] <= 5]
+    assert all(x["true_match_rank"]["vlm"] == 1 for x in hits)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fault", ["429", "500", "503", "timeout"])
+def test_transport_faults_are_retried(tiny, server, backend, fault):
+    server.retry_delay_s = 0.3
+    server.hang_s = 1.5
+    server.script = [fault, fault]
+    t0 = time.perf_counter()
+    result = rerank(config(backend, server, vlm_timeout_s=0.4))
+    m = result.metrics
+    assert m["counts"]["ok"] == 4 and m["counts"]["fallback"] == 0 and m["counts"]["retries"] == 2
+    assert len(server.seen) == 6
+    if fault == "429":  # the server asked for 0.3 s twice
+        assert time.perf_counter() - t0 >= 0.6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fault", ["invalid_json", "fenced", "duplicates", "missing", "empty_safety", "truncated"])
+def test_unusable_answers_are_asked_again_and_stored(tiny, server, backend, fault):
+    server.script = [fault]
+    m = rerank(config(backend, server)).metrics
+    assert m["counts"]["ok"] == 4 and m["counts"]["invalid_answers"] == 1 and len(server.seen) == 5
+    lines = [json.loads(x) for x in (tiny / "t" / "rerank" / "cache.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and [x["ok"] for x in lines].count(False) == 1
+    kind = {"invalid_json": "invalid_json", "fenced": "fenced", "duplicates": "bad_ranking",
+            "missing": "bad_ranking", "empty_safety": "finish", "truncated": "truncated"}[fault]
+    assert next(x for x in lines if not x["ok"])["fault"].startswith(kind)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_query_that_keeps_failing_keeps_its_retrieval_order(tiny, server, backend):
+    server.script = ["duplicates"] * 3  # the first query: 3 bad answers = 1 + vlm_max_retries
+    result = rerank(config(backend, server))
+    m = result.metrics
+    assert m["counts"]["ok"] == 3 and m["counts"]["fallback"] == 1 and m["fallback_reasons"] == {"bad_ranking": 1}
+    first = reasons(tiny)[0]
+    assert first["status"] == "fallback" and "bad_ranking" in first["fallback_reason"]
+    assert first["order"] == first["candidates"]
+    assert (result.fused["vlm"][0] == result.ranking[0]).all()
+    sent = len(server.seen)
+    rerank(config(backend, server))  # the stored bad answers count: no new request for it either
+    assert len(server.seen) == sent
+
+
+def test_transport_give_up_is_not_stored_and_is_retried_next_run(tiny, server):
+    server.script = ["500"] * 3
+    m = rerank(config("gemini", server)).metrics
+    assert m["counts"]["fallback"] == 1 and m["fallback_reasons"] == {"transport": 1} and m["counts"]["gave_up"] == 1
+    m = rerank(config("gemini", server)).metrics
+    assert m["counts"] == {**m["counts"], "ok": 4, "fallback": 0, "sent": 1, "cached": 3}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retired_model_stops_the_run_with_a_clear_message(tiny, server, backend):
+    rerank(config(backend, server))  # an earlier good run's results must not survive the failed one
+    server.seen.clear()
+    cfg = config(backend, server, vlm_model="gemini-2.5-flash-preview-05-20", vlm_concurrency=2)
+    with pytest.raises(RerankError, match=r"not found.*gemini-2.5-flash-preview-05-20.*retired") as e:
+        rerank(cfg)
+    assert "404" in str(e.value) or "not found" in str(e.value)
+    assert len(server.seen) <= 2 and not (tiny / "t" / "rerank" / "metrics.json").exists()
+
+
+def test_rejected_key_and_missing_key_stop_the_run(tiny, server, monkeypatch):
+    server.script = ["401"]
+    with pytest.raises(RerankError, match="GEMINI_API_KEY"):
+        rerank(config("gemini", server))
+    monkeypatch.delenv("GEMINI_API_KEY")
+    with pytest.raises(RerankError, match="GEMINI_API_KEY or GOOGLE_API_KEY"):
+        rerank(config("gemini", server))
+
+
+def test_unreachable_server_stops_instead_of_silently_keeping_retrieval(outputs, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    write_tiny_run(outputs, "t", buildings=12, queries_per_building=1)
+    with FakeVLMServer() as s:
+        url = s.url  # closed once the block ends: connection refused
+    cfg = P.validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
+                      "vlm_max_retries": 0, "rerank_top_k": 5})
+    with pytest.raises(RerankError, match="server looks down"):
+        rerank(cfg)
+
+
+def test_concurrency_and_rate_limits(tiny, server):
+    server.delay_s = 0.3
+    write_tiny_run(tiny, "t", buildings=12, queries_per_building=1)
+    rerank(config("gemini", server, vlm_concurrency=4))
+    assert server.max_in_flight == 4
+    server.seen.clear()
+    server.delay_s, server.max_in_flight = 0.0, 0
+    rerank(config("gemini", server, vlm_concurrency=4, vlm_rpm=600, vlm_model="other-model"))  # 10 a second
+    arrivals = sorted(s.arrived for s in server.seen)
+    assert len(arrivals) == 12 and arrivals[-1] - arrivals[0] >= 1.0
+
+
+def test_permutations_present_shuffled_orders_and_cancel_position_bias(tiny, server):
+    server.ranker = lambda images: list(range(1, len(images)))  # always prefers the first-presented image
+    m = rerank(config("gemini", server)).metrics
+    assert m["position_bias"]["first_presented_picked"] == 1.0
+    assert m["vlm"]["R@1"] == m["retrieval"]["R@1"]  # a pure position bias just echoes the retrieval order
+    server.seen.clear()
+    m = rerank(config("gemini", server, vlm_permutations=3)).metrics
+    assert m["counts"]["requests"] == 12 and m["permutations"] == 3
+    for x in reasons(tiny):
+        presented = [tuple(a["presented"]) for a in x["answers"]]
+        assert presented[0] == tuple(x["candidates"]) and len(set(presented)) == 3
+    assert len({s.fingerprint for s in server.seen}) == 12 - 4  # the retrieval-order requests were stored
+
+
+def test_the_key_never_reaches_a_file_or_a_message(tiny, server):
+    server.script = ["echo_key"]  # an answer whose reason repeats the key
+    rerank(config("gemini", server))
+    assert "***" in reasons(tiny)[0]["reason"]
+    server.script = ["400_echo_key"]
+    with pytest.raises(RerankError) as e:
+        rerank(config("gemini", server, vlm_model="another"))
+    assert KEY not in str(e.value) and "***" in str(e.value)
+    assert_no_secret(tiny / "t")

@@ -1,0 +1,95 @@
+"""run_rerank offline (none, kreciprocal): the files it writes, what may and may not change, and notebook 04."""
+import json
+
+import nbformat
+import numpy as np
+import pytest
+
+from tests.fake_vlm_servers import write_tiny_run
+from vici_utils import answers, metrics
+from vici_utils import params as P
+from vici_utils.paths import NOTEBOOKS_DIR
+from vici_utils.rerank import load_features, metrics_table, run_rerank
+
+
+def cfg(**kw):
+    return P.validate({"run_name": "t", **kw})
+
+
+def retrieval_top10(npz):
+    f = load_features(npz)
+    ranking = metrics.full_ranking(f["query_features"], f["gallery_features"])
+    return [[f["gallery_names"][g] for g in row[:10]] for row in ranking]
+
+
+def test_none_passes_the_retrieval_order_through(outputs):
+    npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
+    result = run_rerank(cfg(rerank_backend="none"), show_progress=False)
+    table = metrics_table(result)
+    for rule in ("weighted", "vlm", "rrf"):
+        assert (table.loc[rule] == table.loc["retrieval"]).all()
+    out = outputs / "t" / "rerank"
+    assert answers.read_answer_txt(out / "answer_fused.txt") == retrieval_top10(npz)
+    assert answers.read_answer_txt(out / "answer_vlm.txt") == retrieval_top10(npz)
+
+
+def test_kreciprocal_rewrites_the_order_within_the_top_10_only(outputs):
+    npz = write_tiny_run(outputs, "t", buildings=12, queries_per_building=3, distractors=4)
+    result = run_rerank(cfg(), show_progress=False)  # the defaults: kreciprocal, top 10, weighted
+    out = outputs / "t" / "rerank"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["backend"] == "kreciprocal" and m["headline"] == "weighted" and m["top_k"] == 10
+    assert m["counts"]["ok"] == 36 and m["counts"]["fallback"] == 0 and m["cost_usd"] == 0
+    for rule in ("weighted", "vlm", "rrf"):
+        assert m[rule]["R@10"] == m["retrieval"]["R@10"] and m[rule]["n_query"] == 36
+    assert m["r_at_k_ceiling"] == pytest.approx(m["retrieval"]["R@10"])
+    before = retrieval_top10(npz)
+    fused = answers.read_answer_txt(out / "answer_fused.txt")
+    vlm = answers.read_answer_txt(out / "answer_vlm.txt")
+    assert [set(x) for x in fused] == [set(x) for x in before] == [set(x) for x in vlm]
+    assert fused != before, "k-reciprocal re-ranking should reorder some queries on this data"
+    reasons = [json.loads(line) for line in (out / "reasons.jsonl").read_text().splitlines()]
+    assert len(reasons) == 36 and all(r["status"] == "ok" and "k-reciprocal distance" in r["reason"] for r in reasons)
+    assert [r["order"] for r in reasons] == vlm
+    assert not (out / "cache.jsonl").exists()  # nothing to store offline
+    assert result.per_query["rank_retrieval"].tolist() == [r["true_match_rank"]["retrieval"] for r in reasons]
+
+
+def test_a_prefix_of_queries_is_reranked_and_every_query_answered(outputs):
+    npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
+    result = run_rerank(cfg(vlm_max_queries=5, rerank_top_k=4, fusion="vlm"), show_progress=False)
+    out = outputs / "t" / "rerank"
+    assert result.metrics["retrieval"]["n_query"] == 5 and result.metrics["queries_total"] == 20
+    fused = answers.read_answer_txt(out / "answer_fused.txt")
+    before = retrieval_top10(npz)
+    assert len(fused) == 20 and fused[5:] == before[5:]
+    assert all(f[4:] == b[4:] and set(f[:4]) == set(b[:4]) for f, b in zip(fused, before))
+    assert fused == answers.read_answer_txt(out / "answer_vlm.txt")  # fusion: vlm headlines the pure order
+
+
+def test_missing_or_incomplete_features_are_named(outputs):
+    with pytest.raises(FileNotFoundError, match=r"features.npz.*03_retrieval"):
+        run_rerank(cfg(), show_progress=False)
+    npz = write_tiny_run(outputs, "t")
+    f = dict(np.load(npz))
+    del f["gallery_paths"]
+    np.savez(npz, **f)
+    with pytest.raises(ValueError, match=r"missing arrays \['gallery_paths'\]"):
+        run_rerank(cfg(), show_progress=False)
+
+
+def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
+    import papermill
+
+    monkeypatch.setenv("VICI_HEADLESS", "1")
+    write_tiny_run(outputs, "nb04", buildings=12, queries_per_building=3, distractors=3)
+    out = tmp_path / "04.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / "04_rerank.ipynb"), str(out), cwd=str(NOTEBOOKS_DIR),
+                               parameters={"run_name": "nb04"}, kernel_name="python3", progress_bar=False)
+    nb = nbformat.read(out, as_version=4)
+    outputs_ = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs_ if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs_) >= 4
+    text = "".join(o.get("text", "") for o in outputs_)
+    assert "different data" in text and "k-reciprocal" in text
+    assert (outputs / "nb04" / "rerank" / "metrics.json").is_file()

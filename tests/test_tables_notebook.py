@@ -1,0 +1,50 @@
+"""Notebook 05 executed headlessly: on a tiny sweep's results beside the paper's, and with no results at all."""
+import nbformat
+import papermill
+
+from vici_utils import params as P
+from vici_utils import sweep
+from vici_utils.paths import NOTEBOOKS_DIR
+from tests.test_sweep import write_run, write_sweep
+
+NOTEBOOK = NOTEBOOKS_DIR / "05_tables.ipynb"
+
+
+def _execute(out_path, run_name="default"):
+    papermill.execute_notebook(str(NOTEBOOK), str(out_path), parameters={"run_name": run_name},
+                               kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    nb = nbformat.read(out_path, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    kinds = ("text/plain", "text/html", "text/markdown")
+    text = "\n".join(o.get("text", "") + "".join(o.get("data", {}).get(k, "") for k in kinds) for o in outputs)
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    return text, images
+
+
+def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
+    (tmp_path / "base.yaml").write_text("epochs: 3\n")
+    f = write_sweep(tmp_path / "d.yaml", "sweep: tiny_drone\ntable: drone_rate\nbase: base.yaml\nseeds: [0, 1]\n"
+                                         "only: ['03', '04']\nvariants:\n- {name: p0, set: {drone_rate: 0.0}}\n"
+                                         "- {name: p0.3, set: {drone_rate: 0.3}, label: with drones}\n")
+    s = sweep.load(f)
+    for r, r1 in zip(s.runs, (10.0, 11.0, 14.0, 16.0)):
+        write_run(outputs, r.run_name, r.params, r1=r1, notebooks=("03_retrieval.ipynb", "04_rerank.ipynb"))
+    sweep.collect(s)
+    write_run(outputs, "mine", P.validate({"drone_rate": 0.3}), r1=12.5)
+
+    text, images = _execute(tmp_path / "out.ipynb", "mine")
+    assert "sweeps found: tiny_drone (drone_rate)" in text
+    assert "15.00 ± 1.41" in text and "with drones" in text, "our mean ± std over the two seeds"
+    assert "paper&#x27;s R@1" in text or "paper's R@1" in text
+    assert "27.49" in text and "24.47" in text, "the paper's drone-rate rows stand beside ours"
+    assert "cpu (2 cores)" in text and "embedded world" in text, "which data and hardware the rows ran on"
+    assert "mine + kreciprocal re-rank (weighted)" in text and "15.50" in text, "this run's own re-ranked row"
+    assert "no backbones sweep yet" in text
+    assert images == 3, "backbone cost, re-ranking and drone-rate figures"
+
+
+def test_notebook_05_runs_with_no_results_at_all(outputs, tmp_path):
+    text, images = _execute(tmp_path / "out.ipynb")
+    assert "sweeps found: none yet" in text and "no metrics under outputs/default/" in text
+    assert "paper's R@1" in text and "63.13" in text, "the paper's tables are shown alone, marked as the paper's"
+    assert images == 3

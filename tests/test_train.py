@@ -1,0 +1,141 @@
+"""InfoNCE (by hand and across 2 processes), the schedule, and training runs: files, resume, stored results."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import yaml
+
+from vici_utils import params as P
+from vici_utils.losses import InfoNCE, info_nce
+from vici_utils.train import TrainConfigError, lr_factor, train
+
+from .conftest import TINY_WORLD
+
+
+# --- the loss --------------------------------------------------------------------------------------------
+def _unit(n, d, seed):
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_info_nce_matches_a_hand_computation():
+    s, g, t = _unit(5, 7, 0), _unit(5, 7, 1), 0.1
+    sim = (s @ g.T).numpy().astype(np.float64) / t
+    rows = [-sim[i, i] + math.log(sum(math.exp(sim[i, j]) for j in range(5))) for i in range(5)]
+    cols = [-sim[j, j] + math.log(sum(math.exp(sim[i, j]) for i in range(5))) for j in range(5)]
+    expected = 0.5 * (sum(rows) / 5 + sum(cols) / 5)
+    assert info_nce(s, g, 1 / t).item() == pytest.approx(expected, rel=1e-5)
+    assert InfoNCE(t)(s, g).item() == pytest.approx(expected, rel=1e-5)
+    assert info_nce(s, s, 1 / t) < info_nce(s, g, 1 / t)  # matched pairs score lower
+
+
+def test_temperature_fixed_or_learnable():
+    fixed, learnable = InfoNCE(0.1), InfoNCE(0.1, learnable=True)
+    assert list(fixed.parameters()) == [] and fixed.temperature == pytest.approx(0.1)
+    s, g = _unit(4, 8, 0).requires_grad_(), _unit(4, 8, 1)
+    learnable(s, g).backward()
+    assert learnable.log_scale.grad is not None and learnable.log_scale.grad != 0
+    assert InfoNCE(0.001).temperature == pytest.approx(0.01)  # clamped: the scale never exceeds 100
+
+
+def _ddp_worker(rank, world, init_file, s, g, out_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(s.shape[1], s.shape[1])
+    ddp = torch.nn.parallel.DistributedDataParallel(head)
+    n = len(s) // world
+    lo, hi = rank * n, (rank + 1) * n
+    loss = InfoNCE(0.1)(F.normalize(ddp(s[lo:hi]), dim=1), g[lo:hi])
+    loss.backward()
+    if rank == 0:
+        torch.save({"loss": loss.detach(), "grad": head.weight.grad}, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_gathered_loss_and_gradient_equal_single_process(tmp_path):
+    s, g = _unit(8, 6, 2), _unit(8, 6, 3)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), s, g, str(tmp_path / "out.pt")), nprocs=2, join=True)
+    got = torch.load(tmp_path / "out.pt")
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 6)
+    loss = InfoNCE(0.1)(F.normalize(head(s), dim=1), g)
+    loss.backward()
+    assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(got["grad"], head.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_schedules():
+    cfg = P.validate({"epochs": 10, "warmup_epochs": 2})
+    f = [lr_factor(s, 5, cfg) for s in range(50)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+    exp = P.validate({"epochs": 10, "warmup_epochs": 0, "schedule": "exponential", "lr_gamma": 0.5})
+    assert [lr_factor(s, 5, exp) for s in (0, 4, 5, 12)] == [1.0, 1.0, 0.5, 0.25]
+
+
+# --- training runs on a tiny generated world -------------------------------------------------------------
+@pytest.fixture
+def tiny_cfg(tiny_world_outputs, tmp_path, monkeypatch):
+    from vici_utils.world import WorldSpec
+
+    root = tiny_world_outputs / "worlds" / WorldSpec.from_params(P.validate(TINY_WORLD)).key()
+    monkeypatch.setenv("VICI_OUTPUTS", str(tmp_path / "outputs"))
+    return P.validate({"data_root": str(root), "image_size": 32, "batch_size": 4, "epochs": 3, "val_every": 2,
+                       "warmup_epochs": 1, "num_workers": 0, "eval_batch_size": 16})
+
+
+def test_training_writes_its_files_and_a_rerun_returns_the_stored_result(tiny_cfg, tmp_path):
+    r = train(tiny_cfg.model_copy(update={"run_name": "files"}), progress=False)
+    d = tmp_path / "outputs/files/train"
+    assert {p.name for p in d.iterdir()} >= {"last.pt", "best.pt", "train_log.csv", "config.yaml", "result.json"}
+    log = pd.read_csv(d / "train_log.csv")
+    assert list(log.columns) == ["epoch", "step", "loss", "lr", "temperature", "drone_rate", "eval_set", "R@1",
+                                 "R@5", "R@10", "AP", "seconds"]
+    assert log["epoch"].tolist() == [1, 2, 3] and log["step"].tolist() == [2, 4, 6]  # 10 buildings, batch 4
+    assert log["R@1"].isna().tolist() == [True, False, False]  # every 2 epochs and the last
+    assert (log["eval_set"] == "val").all() and log["loss"].notna().all()
+    assert yaml.safe_load((d / "config.yaml").read_text())["run_name"] == "files"
+    assert r.best_epoch in (2, 3) and set(r.best) == {"R@1", "R@5", "R@10", "AP"} and r.epochs_now == 3
+    best = torch.load(d / "best.pt")
+    assert best["epoch"] == r.best_epoch and best["model_config"]["image_size"] == 32
+
+    again = train(tiny_cfg.model_copy(update={"run_name": "files"}), progress=False)
+    assert again.epochs_now == 0 and again.best == r.best and again.log["step"].tolist() == [2, 4, 6]
+    with pytest.raises(TrainConfigError, match=r"trained with other parameters: lr \(0\.001 -> 0\.01\)"):
+        train(tiny_cfg.model_copy(update={"run_name": "files", "lr": 0.01}), progress=False)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg):
+    full = tiny_cfg.model_copy(update={"run_name": "full", "drone_rate": 0.5})
+    train(full, progress=False)
+    cut = full.model_copy(update={"run_name": "cut"})
+    part = train(cut, progress=False, stop_after_epoch=1)
+    assert part.epochs_now == 1 and len(part.log) == 1
+    with pytest.raises(TrainConfigError, match=r"batch_size \(4 -> 2\)"):
+        train(cut.model_copy(update={"batch_size": 2}), progress=False)
+    # resume with DataLoader workers this time: the sampled pairs and augmentations do not depend on them
+    rest = train(cut.model_copy(update={"num_workers": 1}), progress=False)
+    assert rest.epochs_now == 2 and rest.log["epoch"].tolist() == [1, 2, 3]
+
+    from vici_utils.paths import run_dir
+
+    a = torch.load(run_dir("full") / "train/last.pt")
+    b = torch.load(run_dir("cut") / "train/last.pt")
+    for part_name in ("model", "loss"):
+        assert a[part_name].keys() == b[part_name].keys()
+        for k in a[part_name]:
+            assert torch.equal(a[part_name][k], b[part_name][k]), k
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+    cols = ["loss", "drone_rate", "R@1"]
+    pd.testing.assert_frame_equal(pd.DataFrame(a["log"])[cols], pd.DataFrame(b["log"])[cols])
+
+
+def test_select_on_test_is_recorded(tiny_cfg):
+    r = train(tiny_cfg.model_copy(update={"run_name": "sel", "select_on": "test", "epochs": 1}), progress=False)
+    assert r.eval_set == "test" and (r.log["eval_set"] == "test").all() and not math.isnan(r.log["R@1"].iloc[0])

@@ -1,0 +1,139 @@
+"""Figures for notebook 04: what re-ranking changed, where, and why."""
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..rerank.fusion import RULES
+from ..rerank.report import describe_reranker
+from ..u1652 import load_image
+from . import describe_model, stamp
+
+
+def _model(cfg) -> str:
+    return f"{describe_model(cfg)}; re-ranker {describe_reranker(cfg)}"
+
+
+def _finish(fig, cfg, **layout):
+    """Lay out above a strip for the two-line stamp, then stamp."""
+    fig.tight_layout(rect=(0, min(0.25, 0.5 / fig.get_figheight()), 1, 1), **layout)
+    return stamp(fig, cfg, model=_model(cfg))
+
+
+def before_after_plot(result, cfg):
+    """R@1 / R@5 / R@10 of the retrieval and of every fusion rule, with the top-K ceiling on R@1."""
+    m = result.metrics
+    rows = ["retrieval", *RULES]
+    ks = ["R@1", "R@5", "R@10"]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        values = [m[row][k] for k in ks]
+        bars = ax.bar(np.arange(len(ks)) + (i - (len(rows) - 1) / 2) * width, values, width,
+                      label=row + (" (headline)" if row == m["headline"] else ""),
+                      color="0.6" if row == "retrieval" else None)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.axhline(m["r_at_k_ceiling"], color="tab:red", ls="--", lw=1, label=f"ceiling: retrieval R@{m['top_k']}")
+    ax.set(xticks=range(len(ks)), xticklabels=ks, ylabel="%", ylim=(0, 100),
+           title=f"before and after re-ranking the top {m['top_k']} ({m['queries_reranked']} queries)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(fig, cfg)
+
+
+def _thumb(ax, path, title, colour=None):
+    ax.imshow(load_image(path))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(colour is not None)
+        if colour:
+            spine.set_color(colour)
+            spine.set_linewidth(3)
+
+
+def pick_wins_and_losses(result, rule: str, n: int = 2):
+    """Queries whose true match the rule moved up the most (wins) and down the most (losses)."""
+    df = result.per_query
+    before, after = df["rank_retrieval"], df[f"rank_{rule}"]
+    moved = df[(before > 0) & (before <= result.metrics["top_k"]) & (before != after)]
+    shift = (before - after)[moved.index]
+    wins = shift[shift > 0].sort_values(ascending=False).index[:n].tolist()
+    losses = shift[shift < 0].sort_values().index[:n].tolist()
+    return wins, losses
+
+
+def wins_and_losses(result, cfg, n: int = 2):
+    """Each row: the query, then its candidates in the re-ranked order, the true match framed in green, and
+    the re-ranker's reason. Wins first, then losses."""
+    rule = result.metrics["headline"]
+    wins, losses = pick_wins_and_losses(result, rule, n)
+    rows = [("win", i) for i in wins] + [("loss", i) for i in losses]
+    k = result.metrics["top_k"]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"'{rule}' moved no true match within the top {k}", ha="center", va="center")
+        return _finish(fig, cfg)
+    feats = result.features
+    g_index = {name: i for i, name in enumerate(feats["gallery_names"])}
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.35 * (k + 1), 2.15 * len(rows)), squeeze=False)
+    for r, (kind, q) in enumerate(rows):
+        o = result.outcomes[q]
+        truth = feats["query_ids"][q]
+        _thumb(axes[r][0], feats["query_paths"][q], f"{kind}: query\n{o.name[-18:]}", "tab:blue")
+        order = result.fused[rule][q, :k]
+        for c, g in enumerate(order):
+            name = feats["gallery_names"][g]
+            was = o.candidates.index(name) + 1
+            correct = feats["gallery_ids"][g_index[name]] == truth
+            _thumb(axes[r][c + 1], feats["gallery_paths"][g], f"{c + 1} (was {was})", "tab:green" if correct else None)
+        note = textwrap.shorten(o.note, 230, placeholder=" ...")
+        axes[r][0].text(0, -0.22, textwrap.fill(f"reason: {note}", 150), transform=axes[r][0].transAxes,
+                        fontsize=7, va="top", ha="left")
+    fig.suptitle(f"wins and losses of '{rule}': candidates in the new order (retrieval rank in brackets), "
+                 "true match in green", fontsize=10)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.8 / height, bottom=0.75 / height, wspace=0.06,
+                        hspace=0.75)
+    return stamp(fig, cfg, model=_model(cfg))
+
+
+def position_bias_plot(result, cfg):
+    """Which presented slot the re-ranker put first, against the slot the true match actually held."""
+    bias = result.metrics["position_bias"]
+    k = result.metrics["top_k"]
+    n = max(bias["answers"], 1)
+    slots = np.arange(1, k + 1)
+    picked = np.array([bias["picked_slot_counts"].get(s, bias["picked_slot_counts"].get(str(s), 0)) for s in slots]) / n
+    correct = np.array([bias["correct_slot_counts"].get(s, bias["correct_slot_counts"].get(str(s), 0))
+                        for s in slots]) / n
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.bar(slots - 0.2, 100 * picked, 0.4, label="re-ranker's first choice")
+    ax.bar(slots + 0.2, 100 * correct, 0.4, label="where the true match was", color="0.6")
+    ax.axhline(100 / k, color="k", ls=":", lw=1, label="no preference (1/K)")
+    ax.set(xticks=slots, xlabel="presented slot", ylabel="% of answers",
+           title=f"position bias: first slot picked {100 * (bias['first_presented_picked'] or 0):.0f}% of the time, "
+                 f"right {100 * (bias['first_presented_correct'] or 0):.0f}%")
+    ax.legend(fontsize=8)
+    return _finish(fig, cfg)
+
+
+def rank_moves(result, cfg):
+    """Where the true match went: retrieval rank (rows) against rank after the headline rule (columns)."""
+    rule = result.metrics["headline"]
+    k = result.metrics["top_k"]
+    df = result.per_query
+    inside = df[(df["rank_retrieval"] > 0) & (df["rank_retrieval"] <= k)]
+    grid = np.zeros((k, k), dtype=int)
+    np.add.at(grid, (inside["rank_retrieval"] - 1, inside[f"rank_{rule}"] - 1), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(np.log1p(grid), cmap="Blues")
+    for i, j in zip(*np.nonzero(grid)):
+        ax.text(j, i, grid[i, j], ha="center", va="center", fontsize=7)
+    ticks = np.arange(k)
+    ax.set(xticks=ticks, xticklabels=ticks + 1, yticks=ticks, yticklabels=ticks + 1, xlabel=f"rank after '{rule}'",
+           ylabel="rank after retrieval", title="true match: before -> after\n(below the diagonal = moved up)")
+    return _finish(fig, cfg)

@@ -1,0 +1,258 @@
+"""Stage-1 retrieval evaluation of a run (notebook 03): embed, rank, score, and write the answer files.
+
+    outputs/<run>/retrieval/features.npz   query/gallery features, building ids, names, paths (test split)
+                            metrics.json   R@1/R@5/R@10/AP (%) under the official protocol, the named
+                                           distractors_dropped numbers, the challenge score when it can be scored
+                            answer.txt     top-10 gallery names per test query, tab-separated, best first
+                            topk.csv       query, rank, gallery, score
+                            challenge/     answer.txt + answer.zip (submission format), features.npz
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import answers, metrics
+from .device import resolve_device
+from .embed import cached_features, state_dict_hash
+from .figures import describe_data, describe_model
+from .models import load_model_for_eval
+from .paths import run_dir
+from .u1652 import ImageItem, RetrievalSet, open_dataset
+
+TOP_K = answers.CHALLENGE_K
+GROUND_TRUTH = "challenge_ground_truth.csv"  # written by the embedded world; the real challenge keeps its own
+
+
+@dataclass
+class RetrievalResult:
+    """What run_retrieval computed; arrays are in query / gallery order of `test`."""
+    cfg: object
+    out_dir: Path
+    test: RetrievalSet
+    query_features: np.ndarray
+    gallery_features: np.ndarray
+    scores: np.ndarray          # [nq, ng] cosine similarity
+    topk_indices: np.ndarray    # [nq, k] from faiss, best first
+    topk_scores: np.ndarray
+    metrics: dict               # official protocol, with per-query arrays
+    metrics_dropped: dict       # distractors_dropped protocol (named, easier)
+    weights: str                # where the evaluated weights came from
+    challenge: Optional[dict] = None
+    summary: dict = field(default_factory=dict)  # what metrics.json holds
+
+    @property
+    def model_description(self) -> str:
+        return f"{describe_model(self.cfg)}; weights: {self.weights}"
+
+
+def weights_source(cfg, folder: Optional[Path] = None) -> str:
+    """Which weights models.load_model_for_eval evaluates (same order: best.pt, last.pt, init_checkpoint,
+    backbone weights)."""
+    train = Path(folder or run_dir(cfg.run_name)) / "train"
+    for name in ("best.pt", "last.pt"):
+        if (train / name).is_file():
+            return f"trained checkpoint {cfg.run_name}/train/{name}"
+    if cfg.init_checkpoint:
+        return f"init_checkpoint {Path(cfg.init_checkpoint).name} (not trained in this run)"
+    if cfg.pretrained is True:
+        return "hub weights, zero-shot (not trained in this run)"
+    if isinstance(cfg.pretrained, str):
+        return f"weights file {Path(cfg.pretrained).name}, zero-shot (not trained in this run)"
+    return "random initialisation (untrained: no checkpoint in this run, no pretrained weights)"
+
+
+def _str_array(values) -> np.ndarray:
+    return np.asarray(["" if v is None else str(v) for v in values], dtype=str)
+
+
+def save_features(path: Path, rset: RetrievalSet, query_features: np.ndarray, gallery_features: np.ndarray) -> Path:
+    """features.npz: features, building ids ('' where unknown), names and paths, for queries and gallery."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, query_features=query_features, gallery_features=gallery_features,
+             query_ids=_str_array(rset.query_ids), gallery_ids=_str_array(rset.gallery_ids),
+             query_names=_str_array(q.name for q in rset.queries),
+             gallery_names=_str_array(g.name for g in rset.gallery),
+             query_paths=_str_array(q.path for q in rset.queries),
+             gallery_paths=_str_array(g.path for g in rset.gallery))
+    return path
+
+
+def load_features(path) -> dict:
+    """features.npz as a dict of arrays (what notebook 04 and the re-rankers read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no features; run notebook 03 (retrieval) for this run first")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_ground_truth(path: Path, rset: RetrievalSet) -> tuple[list[str], list[str]]:
+    """Challenge ground truth (query_name, gallery_name) as ids for the metric: a query's id is its gallery name."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"query_name", "gallery_name"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a CSV with columns query_name,gallery_name")
+    truth = {r["query_name"]: r["gallery_name"] for r in rows}
+    missing = [q.name for q in rset.queries if q.name not in truth]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} challenge queries have no ground truth (first: {missing[0]})")
+    return [truth[q.name] for q in rset.queries], [g.name for g in rset.gallery]
+
+
+class _Embedder:
+    """One model's towers with the run's evaluation settings and the feature cache."""
+
+    def __init__(self, cfg, model, transforms, device, progress: bool):
+        self.cfg, self.model, self.transforms, self.device, self.progress = cfg, model, transforms, device, progress
+        self.key = f"{model.config}|{state_dict_hash(model)}"
+
+    def __call__(self, items: Sequence[ImageItem], view: str, tag: str) -> np.ndarray:
+        fn = self.model.encode_street if view == "street" else self.model.encode_satellite
+        return cached_features(fn, items, self.transforms[view], model_key=f"{self.key}|{view}", tag=tag,
+                               batch_size=self.cfg.eval_batch_size, device=self.device, flip_tta=self.cfg.flip_tta,
+                               precision=self.cfg.precision, num_workers=self.cfg.num_workers,
+                               progress=self.progress)
+
+
+def _top_k(rset: RetrievalSet, qf: np.ndarray, gf: np.ndarray, index: str):
+    """faiss top-k (k = 10, or the whole gallery if smaller): scores, indices, gallery names."""
+    k = min(TOP_K, len(rset.gallery))
+    scores, indices = metrics.search(qf, gf, k, index=index)
+    names = answers.names_from_indices(indices, [g.name for g in rset.gallery])
+    return scores, indices, names
+
+
+def run_challenge(ds, embed: _Embedder, out_dir: Path, index: str) -> dict:
+    """Embed the masked challenge set, write answer.txt + answer.zip, and score it where ground truth exists."""
+    rset = ds.challenge
+    qf = embed(rset.queries, "street", "challenge-queries")
+    gf = embed(rset.gallery, "satellite", "challenge-gallery")
+    save_features(out_dir / "features.npz", rset, qf, gf)
+    _, indices, names = _top_k(rset, qf, gf, index)
+    txt, zip_path = answers.write_challenge(out_dir, names, k=indices.shape[1])
+    info = {"answer_txt": str(txt), "answer_zip": str(zip_path), "n_query": len(rset.queries),
+            "n_gallery": len(rset.gallery), "scored": False}
+    truth = Path(ds.root) / "test" / GROUND_TRUTH
+    if truth.is_file():
+        qids, gids = read_ground_truth(truth, rset)
+        info.update(metrics.scalars(metrics.evaluate(qf, gf, qids, gids)), scored=True, ground_truth=str(truth))
+    return info
+
+
+def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> RetrievalResult:
+    """Evaluate the run's model on the test split (and the challenge set when the data has one)."""
+    start = time.time()
+    ds = open_dataset(cfg, progress=progress)
+    folder = run_dir(cfg.run_name)
+    out_dir = folder / "retrieval"
+    weights = weights_source(cfg, folder)
+    torch.manual_seed(cfg.seed)  # an untrained model is then the same on every run (and its features cacheable)
+    model, transforms = load_model_for_eval(cfg, folder)
+    device = resolve_device(cfg.device)
+    embed = _Embedder(cfg, model, transforms, device, progress)  # hash the weights before moving them
+    model.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+
+    test = ds.test
+    qf = embed(test.queries, "street", "test-queries")
+    gf = embed(test.gallery, "satellite", "test-gallery")
+    official = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids)
+    dropped = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids, protocol="distractors_dropped")
+
+    save_features(out_dir / "features.npz", test, qf, gf)
+    top_scores, top_idx, names = _top_k(test, qf, gf, cfg.faiss_index)
+    answers.write_answer_txt(out_dir / "answer.txt", names, k=top_idx.shape[1])
+    answers.write_topk_csv(out_dir / "topk.csv", [q.name for q in test.queries], [g.name for g in test.gallery],
+                           top_idx, top_scores)
+    chal = run_challenge(ds, embed, out_dir / "challenge", cfg.faiss_index) if challenge and ds.challenge else None
+
+    summary = {
+        **metrics.scalars(official),
+        "split": "test (street -> satellite)",
+        "distractors_dropped": metrics.scalars(dropped),
+        "challenge": chal,
+        "data": describe_data(cfg),
+        "data_root": str(ds.root),
+        "model": describe_model(cfg),
+        "weights": weights,
+        "embedding_dim": int(qf.shape[1]),
+        "flip_tta": cfg.flip_tta,
+        "faiss_index": cfg.faiss_index,
+        "run_name": cfg.run_name,
+        "seconds": round(time.time() - start, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    model.to("cpu")
+    return RetrievalResult(cfg, out_dir, test, qf, gf, qf @ gf.T, top_idx, top_scores, official, dropped, weights,
+                           chal, summary)
+
+
+# --- the "is this a toy?" baseline ---------------------------------------------------------------------------------
+
+class HistogramTransform:
+    """PIL image -> float tensor [3, size, size] in [0, 1] (no normalisation: the histogram needs raw colours)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+
+    def __call__(self, img) -> torch.Tensor:
+        img = img.resize((self.size, self.size))
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        return f"HistogramTransform(size={self.size})"
+
+
+def colour_histogram(x: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """Joint RGB histogram [B, bins^3], square-rooted so a dot product of normalised histograms is the
+    Bhattacharyya coefficient."""
+    q = (x.float() * bins).long().clamp_(0, bins - 1)
+    cell = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+    hist = torch.zeros(x.shape[0], bins ** 3, device=x.device)
+    hist.scatter_add_(1, cell.flatten(1), torch.ones_like(cell.flatten(1), dtype=hist.dtype))
+    return hist.sqrt()
+
+
+def colour_histogram_baseline(cfg, rset: RetrievalSet, bins: int = 8, progress: bool = True) -> dict:
+    """Official metrics of street -> satellite retrieval by global colour alone (no learning)."""
+    transform = HistogramTransform()
+    kwargs = dict(model_key=f"colour-histogram|bins={bins}", batch_size=256, device="cpu", precision="fp32",
+                  num_workers=cfg.num_workers, progress=progress)
+    fn = partial(colour_histogram, bins=bins)
+    qf = cached_features(fn, rset.queries, transform, tag="histogram-queries", **kwargs)
+    gf = cached_features(fn, rset.gallery, transform, tag="histogram-gallery", **kwargs)
+    return metrics.evaluate(qf, gf, rset.query_ids, rset.gallery_ids)
+
+
+def results_table(result: RetrievalResult, baseline: Optional[dict] = None):
+    """Our numbers (official and the named easier protocol), the colour baseline, chance, and, on
+    University-1652, the paper's published rows beside them."""
+    import pandas as pd
+
+    from . import paper
+
+    cols = ["R@1", "R@5", "R@10", "AP"]
+    rows = [("ours: " + result.cfg.backbone, "official (all gallery images)", *[result.metrics[c] for c in cols]),
+            ("ours: " + result.cfg.backbone, "distractors_dropped (easier)", *[result.metrics_dropped[c] for c in cols])]
+    if baseline is not None:
+        rows.append(("colour histogram (no learning)", "official", *[baseline[c] for c in cols]))
+    ng = result.metrics["n_gallery"]
+    rows.append(("chance", "official", *[100 * min(k, ng) / ng for k in (1, 5, 10)], np.nan))
+    table = pd.DataFrame(rows, columns=["model", "protocol", *cols])
+    table.insert(0, "source", "this run")
+    if not result.cfg.is_embedded:
+        same = paper.BACKBONES[paper.BACKBONES.timm_name == result.cfg.backbone].rename(columns={"backbone": "model"})
+        theirs = pd.concat([same, paper.ABLATION]).assign(protocol="official", AP=np.nan, source=paper.SOURCE)
+        table = pd.concat([table, theirs[["source", "model", "protocol", *cols]]], ignore_index=True)
+    return table.round(2)
