@@ -35,7 +35,8 @@ def per_view_costs(n: int) -> dict:
         scene = make_scene(rngs["scene"], palette, spec.difficulty)
         cost["scene"] += clock() - t
         t = clock()
-        sat = photo_finish(render_satellite(scene, spec.sat_size, spec.sat_metres), rngs["photo"], spec.difficulty)
+        sat = photo_finish(render_satellite(scene, spec.sat_size, spec.sat_metres), rngs["photo"],
+                           spec.difficulty)
         cost["satellite"] += clock() - t
         t = clock()
         _jpeg(sat)

@@ -12,6 +12,7 @@ from tests.conftest import TINY_WORLD
 from vici_utils import answers, embed, metrics, params, retrieval
 from vici_utils.models import TwoTower
 from vici_utils.paths import NOTEBOOKS_DIR, run_dir
+from vici_utils.rerank import load_features
 
 
 def tiny_cfg(**kw):
@@ -60,11 +61,11 @@ def test_run_retrieval_writes_consistent_files_and_caches(tiny_world_outputs, mo
     assert summary["distractors_dropped"]["n_gallery"] == ng - len(test.distractors)
     assert summary["data"].startswith("embedded world")
 
-    feats = retrieval.load_features(out / "features.npz")
+    feats = load_features(out / "features.npz")  # the validating reader notebook 04 uses
     assert set(feats) == {"query_features", "query_ids", "query_names", "query_paths", "gallery_features",
                           "gallery_ids", "gallery_names", "gallery_paths"}
     assert feats["query_features"].shape[0] == nq and feats["gallery_features"].shape[0] == ng
-    assert feats["gallery_ids"].tolist() == test.gallery_ids  # distractors keep their own ids
+    assert feats["gallery_ids"] == test.gallery_ids  # distractors keep their own ids
     assert set(test.distractors) <= set(feats["gallery_ids"]) and not set(test.distractors) & set(feats["query_ids"])
     again = metrics.evaluate(feats["query_features"], feats["gallery_features"], feats["query_ids"],
                              feats["gallery_ids"])

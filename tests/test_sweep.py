@@ -87,9 +87,9 @@ def test_shipped_sweeps_expand_and_share_runs(outputs, monkeypatch, tmp_path):
         assert _same_work(ablation[f"no_drone_s{s}"], drone[f"p0_s{s}"])
         assert _same_work(ablation[f"drone_s{s}"], drone[f"p0.3_s{s}"])
         assert _same_work(vlms[f"kreciprocal_s{s}"], drone[f"p0.3_s{s}"])
-        k10 = vlms[f"kreciprocal_k10_s{s}"]
-        assert k10.model_from.name == f"kreciprocal_s{s}" and k10.params.epochs == 0 and k10.only == ["03", "04"]
-        assert k10.params.init_checkpoint.endswith(f"vlms/kreciprocal_s{s}/train/best.pt")
+        k20 = vlms[f"kreciprocal_k20_s{s}"]
+        assert k20.model_from.name == f"kreciprocal_s{s}" and k20.params.epochs == 0 and k20.only == ["03", "04"]
+        assert k20.params.init_checkpoint.endswith(f"vlms/kreciprocal_s{s}/train/best.pt")
     assert _same_work(backbones["resnet10t"], drone["p0.3_s0"])
     assert backbones["vit_tiny"].params.backbone == "vit_tiny_patch16_224"
     # and so do the paper's

@@ -55,11 +55,15 @@ def test_university1652_layout(tiny):
     assert len(distractors) == 2 and not distractors & set(ids("test/query_street"))
     for b in train:
         assert [p.name for p in (tiny / "train/satellite" / b).iterdir()] == [f"{b}.jpg"]
-        streets, drones = list((tiny / "train/street" / b).iterdir()), list((tiny / "train/drone" / b).iterdir())
-        assert 3 <= len(streets) <= 5 and all(p.suffix == ".jpg" for p in streets)
-        assert 4 <= len(drones) <= 6 and all(re.fullmatch(r"image-\d\d\.jpeg", p.name) for p in drones)
+        streets = list((tiny / "train/street" / b).iterdir())
+        drones = list((tiny / "train/drone" / b).iterdir())
+        assert spec.street_train[0] <= len(streets) <= spec.street_train[1]
+        assert all(p.suffix == ".jpg" for p in streets)
+        assert spec.drone_train[0] <= len(drones) <= spec.drone_train[1]
+        assert all(re.fullmatch(r"image-\d\d\.jpeg", p.name) for p in drones)
     for b in tests:
-        assert 3 <= len(list((tiny / "test/query_street" / b).iterdir())) <= 4
+        n_queries = len(list((tiny / "test/query_street" / b).iterdir()))
+        assert spec.street_test[0] <= n_queries <= spec.street_test[1]
     google = list((tiny / "train/google").iterdir())
     assert google and all(g.is_dir() and not any(g.iterdir()) for g in google)   # empty, as in the data
     with Image.open(tiny / "train/satellite/0000/0000.jpg") as im:
@@ -106,7 +110,8 @@ def test_drone_sequence_descends_and_metadata(tiny):
 def test_render_location_matches_the_written_world(tiny):
     loc = render_location(WorldSpec(**TINY), "train", 2)
     assert loc["building"] == "0002" and loc["satellite"].shape == (128, 128, 3)
-    assert loc["satellite"].dtype == np.uint8 and all(v.shape == (96, 96, 3) for v in loc["street"] + loc["drone"])
+    assert loc["satellite"].dtype == np.uint8
+    assert all(v.shape == (96, 96, 3) for v in loc["street"] + loc["drone"])
     assert len(loc["drone"]) == len(list((tiny / "train/drone/0002").iterdir()))
     assert (tiny / "train/satellite/0002/0002.jpg").read_bytes() == world_build._jpeg(loc["satellite"])
     assert (tiny / "train/drone/0002/image-01.jpeg").read_bytes() == world_build._jpeg(loc["drone"][0])

@@ -86,15 +86,6 @@ def save_features(path: Path, rset: RetrievalSet, query_features: np.ndarray, ga
     return path
 
 
-def load_features(path) -> dict:
-    """features.npz as a dict of arrays (what notebook 04 and the re-rankers read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no features; run notebook 03 (retrieval) for this run first")
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
 def read_ground_truth(path: Path, rset: RetrievalSet) -> tuple[list[str], list[str]]:
     """Challenge ground truth (query_name, gallery_name) as ids for the metric: a query's id is its gallery name."""
     with open(path, newline="") as f:

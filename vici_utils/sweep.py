@@ -208,10 +208,8 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
 
 def _evaluate_only(run: PlannedRun, path: Path, numbers: list[str]) -> None:
     """Make a model_from run evaluate its source's model: same training parameters, no training notebooks."""
-    from .train import TRAIN_KEYS
-
     src = run.model_from
-    for key in TRAIN_KEYS:
+    for key in P.TRAIN_KEYS:
         if key not in ("init_checkpoint", "epochs") and getattr(run.params, key) != getattr(src.params, key):
             raise P.ParamsError(f"{path}: variant '{run.name}' takes its model from '{src.name}' but sets the "
                                 f"training parameter {key} to {getattr(run.params, key)!r} (the model was trained "

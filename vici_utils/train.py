@@ -34,14 +34,6 @@ from .paths import run_dir
 from .progress import progress as progress_bar
 
 CHECKPOINT_FORMAT = "vici-train/1"
-# Keys whose change makes a stored run a different run (resume refuses, eval loading refuses).
-TRAIN_KEYS = (
-    "data_root", "world_seed", "world_train_locations", "world_test_locations", "world_distractors",
-    "world_difficulty", "val_fraction", "include_google", "seed",
-    "backbone", "pretrained", "image_size", "shared_towers", "embed_dim", "init_checkpoint",
-    "epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs", "lr_gamma", "temperature",
-    "learnable_temperature", "drone_rate", "drone_high_only", "street_sampling", "select_on", "precision",
-)
 METRICS = ("R@1", "R@5", "R@10", "AP")
 LOG_COLUMNS = ("epoch", "step", "loss", "lr", "temperature", "drone_rate", "eval_set", *METRICS, "seconds")
 
@@ -81,7 +73,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def config_differences(stored: dict, cfg: P.Params) -> list[str]:
     now = cfg.model_dump()
-    return [f"{k} ({stored.get(k)!r} -> {now[k]!r})" for k in TRAIN_KEYS if stored.get(k) != now[k]]
+    return [f"{k} ({stored.get(k)!r} -> {now[k]!r})" for k in P.TRAIN_KEYS if stored.get(k) != now[k]]
 
 
 def _rng_state() -> dict:

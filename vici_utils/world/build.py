@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..progress import progress
 from .render import drone_cameras, photo_finish, render_satellite, render_view, street_cameras
 from .scene import location_rngs, make_palette, make_scene
 
-WORLD_VERSION = 1          # bump whenever the generator's output changes, so caches are rebuilt
+WORLD_VERSION = 2          # bump whenever the generator's output changes, so caches are rebuilt
 JPEG_QUALITY = 90
 MARKER = "world.json"
 
@@ -43,7 +44,7 @@ class WorldSpec:
     challenge: bool = True
     sat_size: int = 128
     view_size: int = 96
-    street_train: tuple = (3, 5)   # street images per train location (inclusive range)
+    street_train: tuple = (4, 6)   # street images per train location (inclusive range)
     street_test: tuple = (3, 4)    # street queries per test location
     drone_train: tuple = (4, 6)    # drone images per train location
     empty_google: int = 2          # train buildings with an empty google/ folder, as in the real data
@@ -179,10 +180,6 @@ def _write_challenge(spec: WorldSpec, tmp: Path, locations: dict) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    try:
-        from ..progress import progress
-    except ImportError:  # pragma: no cover - the package always ships it
-        from tqdm import tqdm as progress
     return progress(total=total, desc="embedded world", unit="loc", disable=not enabled)
 
 
@@ -255,7 +252,8 @@ def _generate(spec: WorldSpec, tmp: Path, workers: int, show: bool) -> None:
     finally:
         bar.close()
     # Test-time folders that can exist empty (a split with no queries still has its folder).
-    for d in ("train/street", "train/satellite", "train/drone", "test/query_street", "test/gallery_satellite"):
+    for d in ("train/street", "train/satellite", "train/drone", "test/query_street",
+              "test/gallery_satellite"):
         (tmp / d).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([spec.seed, 1652])
     train_ids = [spec.building_id("train", i) for i in range(spec.train_locations)]

@@ -94,8 +94,9 @@ def render_view(sc: Scene, cam: dict, size: int, ss: float = 2) -> np.ndarray:
     k = dist.size
 
     # March: height of every (column, step) sample, running max of its elevation slope.
-    j = np.clip((ca.astype(f32)[:, None] * (dist / CELL) + f32(x0 / CELL + N / 2 + 1)), 0, N + 1).astype(np.int32)
-    i = np.clip((f32(N / 2 + 1 - y0 / CELL) - sa.astype(f32)[:, None] * (dist / CELL)), 0, N + 1).astype(np.int32)
+    step_cells = dist / CELL
+    j = np.clip(ca.astype(f32)[:, None] * step_cells + f32(x0 / CELL + N / 2 + 1), 0, N + 1).astype(np.int32)
+    i = np.clip(f32(N / 2 + 1 - y0 / CELL) - sa.astype(f32)[:, None] * step_cells, 0, N + 1).astype(np.int32)
     hs = _padded_height(sc)[i * (N + 2) + j]
     slope = (hs - f32(z0)) / dist
     run = np.maximum.accumulate(slope, axis=1)
@@ -219,7 +220,7 @@ def drone_cameras(sc: Scene, rng: np.random.Generator, n: int) -> list[dict]:
 
 
 def street_cameras(sc: Scene, rng: np.random.Generator, n: int, difficulty: float) -> list[dict]:
-    """Standing on a road or sidewalk 4-28 m from the target's walls, with a clear line of sight to it,
+    """Standing on a road or sidewalk 4-22 m from the target's walls, with a clear line of sight to it,
     looking towards it (with some jitter)."""
     t = sc.target
     cells = np.flatnonzero(sc.road.ravel())
@@ -228,7 +229,7 @@ def street_cameras(sc: Scene, rng: np.random.Generator, n: int, difficulty: floa
     lx = (gx - t["cx"]) * t["cos"] + (gy - t["cy"]) * t["sin"]
     ly = -(gx - t["cx"]) * t["sin"] + (gy - t["cy"]) * t["cos"]
     wall = np.hypot(np.maximum(np.abs(lx) - t["ha"], 0), np.maximum(np.abs(ly) - t["hb"], 0))
-    near = np.flatnonzero((wall > 4) & (wall < 28))
+    near = np.flatnonzero((wall > 4) & (wall < 22))
     if near.size == 0:
         near = np.argsort(wall)[:50]
     pick = near[rng.permutation(near.size)[:64]]
@@ -237,7 +238,7 @@ def street_cameras(sc: Scene, rng: np.random.Generator, n: int, difficulty: floa
     z = rng.uniform(1.7, 2.5, pick.size)
     clear = _line_of_sight(sc, px, py, z, t["cx"], t["cy"], min(t["height"] * 0.5, 6.0))
     order = np.concatenate([np.flatnonzero(clear), np.flatnonzero(~clear)])  # clear views first
-    jitter = 15 + 20 * difficulty
+    jitter = 10 + 20 * difficulty
     cams = []
     for q in order[:n]:
         heading = _bearing(t["cx"] - px[q], t["cy"] - py[q]) + rng.uniform(-jitter, jitter)

@@ -167,7 +167,8 @@ class _Builder:
         inside = (np.abs(lx) < ha) & (np.abs(ly) < hb)
         k = len(self.rows)
         self.rows.append(dict(cx=cx, cy=cy, cos=c, sin=s, floor_h=floor_h, win_frac=win_frac, win_w=win_w,
-                              win=np.zeros(3, np.float32) if win is None else win, height=height, style=style))
+                              win=np.zeros(3, np.float32) if win is None else win, height=height,
+                              style=style))
         # Roof texture: darker parapet rim plus the style's pattern (the satellite's style signature).
         rim = np.minimum(ha - np.abs(lx), hb - np.abs(ly)) < 0.8
         shade = np.ones(lx.shape, np.float32)
@@ -246,7 +247,8 @@ def make_scene(rng: np.random.Generator, palette: Palette, difficulty: float) ->
     # Surfaces are material ids first, colours once at the end (one gather instead of many wheres).
     g1, g2 = (int(g) for g in rng.choice(len(GROUNDS), 2, replace=False))
     mat = np.where(value_noise(rng, 40) > rng.uniform(-0.3, 0.8), np.uint8(1), np.uint8(0))
-    fine = value_noise(rng, 6) * np.float32(0.04 + 0.06 * d) + value_noise(rng, 20) * np.float32(0.03 + 0.05 * d)
+    fine = (value_noise(rng, 6) * np.float32(0.04 + 0.06 * d)
+            + value_noise(rng, 20) * np.float32(0.03 + 0.05 * d))
 
     # --- roads on a rotated grid; a u-road passes beside the target --------------------------------
     theta = rng.uniform(0, np.pi / 2)
