@@ -54,26 +54,6 @@ def university1652_like(dim: int, seed: int = 0):
     return queries.astype(np.float32), gallery, [buildings[i] for i in owner], buildings
 
 
-def loop_metric(scores_of, query_ids, gallery_ids):
-    """The official evaluator's structure: one query at a time (scores_of(i) gives that query's gallery scores)."""
-    gl, ql = np.asarray(gallery_ids), np.asarray(query_ids)
-    cmc, ap = np.zeros(len(gl)), 0.0
-    for i in range(len(ql)):
-        index = np.argsort(scores_of(i))[::-1]
-        good = np.argwhere(gl == ql[i]).ravel()
-        junk = np.argwhere(gl == "-1").ravel()
-        if good.size == 0:
-            continue
-        index = index[np.isin(index, junk, invert=True)]
-        rows = np.flatnonzero(np.isin(index, good))
-        cmc[rows[0]:] += 1
-        for j, r in enumerate(rows):
-            precision = (j + 1) / (r + 1)
-            old = j / r if r else 1.0
-            ap += (old + precision) / 2 / len(rows)
-    return cmc / len(ql) * 100, ap / len(ql) * 100
-
-
 def bench_metric(dim: int) -> None:
     q, g, qid, gid = university1652_like(dim)
     scores = q @ g.T
@@ -81,15 +61,15 @@ def bench_metric(dim: int) -> None:
           f"{len(g) - len(set(qid))} distractors), dim {dim}, 1 thread")
 
     m = metrics.evaluate(q, g, qid, gid)
-    cmc, ap = loop_metric(lambda i: g @ q[i], qid, gid)
+    cmc, ap = metrics.evaluate_loop(lambda i: g @ q[i], qid, gid)
     assert np.allclose(m["cmc"], cmc) and abs(m["AP"] - ap) < 1e-6, "vectorised and loop metrics disagree"
     print(f"  R@1 {m['R@1']:.2f}  R@5 {m['R@5']:.2f}  R@10 {m['R@10']:.2f}  AP {m['AP']:.2f} (both agree)")
 
     rows = [
         ("from features (scores + metric)", lambda: metrics.evaluate(q, g, qid, gid),
-         lambda: loop_metric(lambda i: g @ q[i], qid, gid)),
+         lambda: metrics.evaluate_loop(lambda i: g @ q[i], qid, gid)),
         ("from the score matrix (metric alone)", lambda: metrics.evaluate_scores(scores, qid, gid),
-         lambda: loop_metric(lambda i: scores[i], qid, gid)),
+         lambda: metrics.evaluate_loop(lambda i: scores[i], qid, gid)),
     ]
     for name, fast, slow in rows:
         t_fast, t_slow = best_of(fast, 5), best_of(slow, 1)

@@ -289,3 +289,26 @@ def _evaluate_blocks(score_rows, q_code: np.ndarray, g_code: np.ndarray, protoco
 def scalars(metrics: dict) -> dict:
     """The JSON-friendly part of a metrics dict (drops the per-query arrays)."""
     return {k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)}
+
+
+def evaluate_loop(scores_of, query_ids, gallery_ids, protocol: str = "official"):
+    """The official evaluator's structure, one query at a time: the reference the vectorised metric is tested
+    against and the baseline its benchmark is timed against. `scores_of(i)` gives query i's gallery scores
+    (ties broken by gallery index). Returns (cmc %, AP %)."""
+    gids = np.array(["-1" if g is None else str(g) for g in gallery_ids])
+    qids = np.array(["?" if q is None else str(q) for q in query_ids])
+    if protocol == "distractors_dropped":
+        gids = np.where(np.isin(gids, qids), gids, "-1")
+    cmc, ap = np.zeros(len(gids)), 0.0
+    for i in range(len(qids)):
+        index = np.argsort(-np.asarray(scores_of(i), dtype=np.float32), kind="stable")
+        good = np.flatnonzero(gids == qids[i])
+        junk = np.flatnonzero(gids == "-1")
+        if good.size == 0:
+            continue
+        index = index[np.isin(index, junk, invert=True)]
+        rows = np.flatnonzero(np.isin(index, good))
+        cmc[rows[0]:] += 1
+        for j, r in enumerate(rows):
+            ap += ((j / r if r else 1.0) + (j + 1) / (r + 1)) / 2 / len(rows)
+    return cmc / len(qids) * 100, ap / len(qids) * 100
