@@ -175,7 +175,7 @@ def test_load_model_for_eval_falls_back_checkpoint_then_init_then_bare(tmp_path,
                tmp_path / "out/r/train/best.pt")
     from_run, _ = load_model_for_eval(cfg)
     torch.testing.assert_close(from_run.street.conv1[0].weight, trained.street.conv1[0].weight)
-    with pytest.raises(WeightsError, match=r"trained with other parameters \(lr \(0\.001 -> 0\.5\)\)"):
+    with pytest.raises(WeightsError, match=r"trained with other parameters \(lr \([0-9.e-]+ -> 0\.5\)\)"):
         load_model_for_eval(cfg.model_copy(update={"lr": 0.5}))
 
 

@@ -107,7 +107,7 @@ def test_training_writes_its_files_and_a_rerun_returns_the_stored_result(tiny_cf
 
     again = train(tiny_cfg.model_copy(update={"run_name": "files"}), progress=False)
     assert again.epochs_now == 0 and again.best == r.best and again.log["step"].tolist() == [2, 4, 6]
-    with pytest.raises(TrainConfigError, match=r"trained with other parameters: lr \(0\.001 -> 0\.01\)"):
+    with pytest.raises(TrainConfigError, match=r"trained with other parameters: lr \([0-9.e-]+ -> 0\.01\)"):
         train(tiny_cfg.model_copy(update={"run_name": "files", "lr": 0.01}), progress=False)
 
 
