@@ -62,6 +62,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.benchmark = True
     dtype = resolve_precision(args.precision, device)
     workers = auto_workers(device) if args.workers is None else args.workers
     cfg = P.validate({"data_root": args.data_root, "backbone": args.backbone, "image_size": args.image_size,

@@ -136,9 +136,12 @@ def _setup_distributed(cfg: P.Params) -> tuple[int, int, torch.device]:
     else:
         rank, world = 0, 1
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts (and precision: fp32)
+        torch.backends.cudnn.benchmark = True       # fixed input sizes: let cuDNN pick its fastest kernels
+        if world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+            torch.cuda.set_device(device)
     return rank, world, device
 
 

@@ -95,10 +95,10 @@ def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg,
     cax = fig.add_subplot(grid[1:, n + 1])
     fig.colorbar(im, cax=cax, label="cosine similarity")
     correct = float(np.mean(sim.argmax(1) == np.arange(n)))
-    fig.suptitle(f"{title}: diagonal = same building; row-softmax at T={temperature:.3g} puts "
-                 f"{np.mean(np.diag(p)):.0%} on the diagonal; top-1 right for {correct:.0%} of rows", fontsize=9)
+    fig.suptitle(f"{title}: white squares = same building\nthe row softmax at T = {temperature:.3g} puts "
+                 f"{np.mean(np.diag(p)):.0%} on them; the top-1 tile is right for {correct:.0%} of the rows", fontsize=9)
     fig.text(0.02, 0.5, "street photos (rows)", rotation=90, va="center", fontsize=8)
-    fig.text(0.5, 0.93, "satellite tiles (columns)", ha="center", fontsize=8)
+    fig.text(0.5, 0.9, "satellite tiles (columns)", ha="center", fontsize=8)
     return stamp(fig, cfg)
 
 
