@@ -137,6 +137,12 @@ def test_vectorised_metric_equals_reference_loop(seed, protocol):
     assert f["AP"] == pytest.approx(ap)
 
 
+def test_infinite_scores_rank_like_any_other():
+    scores = np.array([[np.inf, 0.5, -np.inf], [np.inf, 0.5, -np.inf], [np.inf, np.inf, 0.0]], np.float32)
+    m = metrics.evaluate_scores(scores, ["a", "c", "b"], ["a", "b", "c"])
+    assert m["first_match_rank"].tolist() == [1, 3, 2]  # the tie of two +inf goes to the lower index
+
+
 def test_evaluate_equals_full_ranking_then_evaluate_ranking():
     rng = np.random.default_rng(7)
     q, g = unit(rng.standard_normal((300, 32))), unit(rng.standard_normal((90, 32)))
@@ -174,6 +180,8 @@ def test_bad_inputs_say_what_was_expected():
         metrics.evaluate_ranking(dup, list("abcd"), list("abcde"))
     with pytest.raises(ValueError, match="NaN"):
         metrics.evaluate_scores(np.array([[0.1, np.nan]], np.float32), ["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="NaN"):  # in the good match's own column
+        metrics.evaluate_scores(np.array([[0.3, 0.1], [np.nan, 0.1]], np.float32), ["a", "a"], ["a", "b"])
     with pytest.raises(ValueError, match="all junk"):
         metrics.evaluate_scores(np.array([[0.1, 0.2]], np.float32), ["a"], [None, -1])
 

@@ -224,13 +224,12 @@ def evaluate_scores(scores, query_ids: Sequence, gallery_ids: Sequence, protocol
     """Metrics of a score matrix [nq, ng] (higher = better), equal to evaluate_ranking(rank_scores(scores), ...).
 
     No sorting: the position of a good match is the number of non-junk images that beat it (a higher score, or an
-    equal score and a lower index), counted for a block of queries at once."""
+    equal score and a lower index), counted for a block of queries at once. NaN is refused; +-inf are scores like
+    any other."""
     s = np.asarray(scores, dtype=np.float32)
     if s.ndim != 2 or s.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"scores: expected shape ({len(query_ids)}, {len(gallery_ids)}) = (queries, gallery), "
                          f"got {s.shape}")
-    if not (np.isfinite(s.min()) and np.isfinite(s.max())):  # NaN and inf propagate to min / max
-        raise ValueError("scores: contains NaN or infinity")
     q_code, g_code = _encode_ids(query_ids, gallery_ids, protocol)
     keep = g_code != _JUNK
     if keep.all():
@@ -264,6 +263,8 @@ def _evaluate_blocks(score_rows, q_code: np.ndarray, g_code: np.ndarray, protoco
     cols, n_good = _good_columns(q_code, g_code)
     pos = np.full(cols.shape, np.iinfo(np.int64).max, dtype=np.int64)
     mask = np.empty((_BLOCK, len(g_code)), dtype=bool)
+    # counting a row of booleans into uint16 is ~2x faster than into int64, and cannot overflow below 65,535 columns
+    count = np.uint16 if len(g_code) < np.iinfo(np.uint16).max else np.int64
     for r0 in range(0, len(q_code), _BLOCK):
         r1 = min(r0 + _BLOCK, len(q_code))
         block = score_rows(r0, r1)
@@ -275,12 +276,17 @@ def _evaluate_blocks(score_rows, q_code: np.ndarray, g_code: np.ndarray, protoco
             c = cols[r0 + live, j]
             target = sub[np.arange(len(live)), c][:, None]
             m = mask[:len(live)]
-            beaten_by = np.greater(sub, target, out=m).view(np.uint8).sum(1, dtype=np.int64)
-            ties = np.equal(sub, target, out=m).view(np.uint8).sum(1, dtype=np.int64) - 1
-            tied = np.flatnonzero(ties)  # rare with real features: count the tied images with a lower index
-            if len(tied):
-                lower = np.arange(sub.shape[1])[None, :] < c[tied, None]
-                beaten_by[tied] += (m[tied] & lower).sum(1)
+            beaten_by = np.greater(sub, target, out=m).view(np.uint8).sum(1, dtype=count).astype(np.int64)
+            below = np.less(sub, target, out=m).view(np.uint8).sum(1, dtype=count).astype(np.int64)
+            # every other image is above or below the target, unless it ties with it or is NaN: rare, so only
+            # those rows pay for an equality pass (which also finds NaN, equal to nothing)
+            odd = np.flatnonzero(beaten_by + below != sub.shape[1] - 1)
+            if len(odd):
+                equal = np.equal(sub[odd], target[odd])
+                if (beaten_by[odd] + below[odd] + equal.sum(1) != sub.shape[1]).any():
+                    raise ValueError("scores: contains NaN")
+                lower = np.arange(sub.shape[1])[None, :] < c[odd, None]  # ties rank by lower gallery index
+                beaten_by[odd] += (equal & lower).sum(1)
             pos[r0 + live, j] = beaten_by
     pos.sort(axis=1)  # padding slots hold the largest int64, so they sort last
     return _summarise(pos, n_good, n_total, int(keep.sum()), protocol)
