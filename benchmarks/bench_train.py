@@ -22,7 +22,7 @@ from vici_utils.datasets import ImageListDataset
 from vici_utils.device import autocast, resolve_device, resolve_precision
 from vici_utils.losses import InfoNCE
 from vici_utils.models import TwoTower, model_transforms
-from vici_utils.train import auto_workers, pair_data
+from vici_utils.train import auto_workers, pair_data, train_step
 from vici_utils.u1652 import University1652, open_dataset
 
 
@@ -87,14 +87,8 @@ def main(argv=None):
     def to_dev(x):
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
 
-    def train_step(batch):
-        street, tile = to_dev(batch[0]), to_dev(batch[1])
-        with autocast(device, dtype):
-            s, g = fwd(street, tile)
-        loss = loss_fn(s, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(batch):
+        train_step(fwd, loss_fn, opt, batch[0], batch[1], device, dtype)
 
     @torch.inference_mode()
     def embed_step(batch):
@@ -116,9 +110,9 @@ def main(argv=None):
     synthetic = torch.randn(args.batch, 3, size, size, pin_memory=device.type == "cuda")
     results = {}
     model.train()
-    results["train, synthetic"] = args.batch / _timed(train_step, itertools.repeat((synthetic, synthetic)),
+    results["train, synthetic"] = args.batch / _timed(step, itertools.repeat((synthetic, synthetic)),
                                                       args.warmup, args.steps, device)
-    results["train, real data"] = args.batch / _timed(train_step, pair_batches(), args.warmup, args.steps, device)
+    results["train, real data"] = args.batch / _timed(step, pair_batches(), args.warmup, args.steps, device)
     results["train, data only"] = args.batch / _timed(lambda b: None, pair_batches(), args.warmup, args.steps, device)
     if device.type == "cuda":
         results["train peak memory (GiB)"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -192,6 +192,21 @@ def _check_stored_config(stored: dict, cfg: P.Params, where: Path) -> None:
 
 
 # --- training ----------------------------------------------------------------------------------------
+def train_step(fwd, loss_fn, opt, street: torch.Tensor, tile: torch.Tensor, device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+    """One optimiser step on a batch of (street, tile) pairs: forward under autocast, InfoNCE, backward, step.
+    Returns the loss tensor (reading it with .item() waits for the device)."""
+    street = street.to(device, non_blocking=True, memory_format=torch.channels_last)
+    tile = tile.to(device, non_blocking=True, memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        s, g = fwd(street, tile)
+    loss = loss_fn(s, g)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] = None) -> TrainResult:
     """Train (or resume, or return the stored result of) the run `cfg.run_name`.
 
@@ -278,14 +293,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, drone count, pair count
         n_batches = 0
         for street, tile, _, is_drone in loader:
-            street = street.to(device, non_blocking=True, memory_format=torch.channels_last)
-            tile = tile.to(device, non_blocking=True, memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                s, g = fwd(street, tile)
-            loss = loss_fn(s, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(fwd, loss_fn, opt, street, tile, device, dtype)
             sched.step()
             step += 1
             n_batches += 1
