@@ -315,8 +315,9 @@ def test_readme_section_replaces_only_what_lies_between_the_markers(outputs, tmp
     sweep.collect(s)
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n{tables.README_START}\nold numbers\n{tables.README_END}\nafter\n")
-    tables.write_readme(tables.section(tables.load_tables(), now="2026-11-28"), readme)
+    tables.write_readme(tables.section(tables.load_tables(), now="2026-11-28", cost=tables.run_time()), readme)
     text = readme.read_text()
+    assert "All sweeps together: 3 distinct runs, 9 min of run time in all" in text  # 3 finished runs of 3 min
     assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{tables.README_END}\nafter\n")
     assert "old numbers" not in text and "on 2026-11-28" in text
     assert "| p0 | 0 | 12.00 ± 2.00 | 22.00 ± 2.00 | 32.00 ± 2.00 | 3 | P = 0 | 24.47 |" in text
@@ -326,6 +327,16 @@ def test_readme_section_replaces_only_what_lies_between_the_markers(outputs, tmp
         tables.write_readme("x", readme)
     assert tables.main(["--readme", str(readme)]) == 2
 
+
+
+def test_run_time_counts_a_reused_run_once(tmp_path):
+    cols = "sweep,run,source_run,status,device,run_s\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.csv").write_text(cols + "a,a/x,a/x,ok,cpu (2 cores),120\na,a/y,a/y,failed,cpu (2 cores),60\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.csv").write_text(cols + "b,b/x,a/x,ok,cpu (2 cores),120\nb,b/z,,ok,cpu (2 cores),240\n")
+    assert tables.run_time(tmp_path).startswith("All sweeps together: 2 distinct runs, 6 min of run time")
+    assert tables.run_time(tmp_path / "none") == ""
 
 # --- model statistics ------------------------------------------------------------------------------------------
 
