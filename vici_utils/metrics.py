@@ -298,23 +298,31 @@ def scalars(metrics: dict) -> dict:
 
 
 def evaluate_loop(scores_of, query_ids, gallery_ids, protocol: str = "official"):
-    """The official evaluator's structure, one query at a time: the reference the vectorised metric is tested
-    against and the baseline its benchmark is timed against. `scores_of(i)` gives query i's gallery scores
-    (ties broken by gallery index). Returns (cmc %, AP %)."""
-    gids = np.array(["-1" if g is None else str(g) for g in gallery_ids])
-    qids = np.array(["?" if q is None else str(q) for q in query_ids])
+    """VICI's evaluator (src/eval.py, after the official evaluate_gpu.py), one query at a time: the reference the
+    vectorised metric is tested against and the baseline its benchmark is timed against. Integer labels (-1 =
+    junk), per query a descending argsort, good and junk indices by np.argwhere, junk removed with np.isin, the
+    CMC row as a torch IntTensor added to a running total. One change: a stable argsort, so that ties rank the
+    lower gallery index first as everywhere in this module. `scores_of(i)` gives query i's gallery scores
+    (numpy or CPU torch). Returns (cmc %, AP %)."""
+    import torch
+
+    vocab: dict = {}
+    gl = np.array([-1 if g is None or str(g) == "-1" else vocab.setdefault(str(g), len(vocab)) for g in gallery_ids])
+    ql = np.array([vocab.get(str(q), -2) for q in query_ids])  # -2: no gallery image, never a match
     if protocol == "distractors_dropped":
-        gids = np.where(np.isin(gids, qids), gids, "-1")
-    cmc, ap = np.zeros(len(gids)), 0.0
-    for i in range(len(qids)):
+        gl = np.where(np.isin(gl, ql), gl, -1)
+    cmc_sum, ap = torch.IntTensor(len(gl)).zero_(), 0.0
+    for i in range(len(ql)):
         index = np.argsort(-np.asarray(scores_of(i), dtype=np.float32), kind="stable")
-        good = np.flatnonzero(gids == qids[i])
-        junk = np.flatnonzero(gids == "-1")
+        good = np.argwhere(gl == ql[i]).flatten()
+        junk = np.argwhere(gl == -1).flatten()
         if good.size == 0:
             continue
         index = index[np.isin(index, junk, invert=True)]
-        rows = np.flatnonzero(np.isin(index, good))
-        cmc[rows[0]:] += 1
+        rows = np.argwhere(np.isin(index, good)).flatten()
+        cmc = torch.IntTensor(len(gl)).zero_()
+        cmc[rows[0]:] = 1
+        cmc_sum = cmc_sum + cmc
         for j, r in enumerate(rows):
             ap += ((j / r if r else 1.0) + (j + 1) / (r + 1)) / 2 / len(rows)
-    return cmc / len(qids) * 100, ap / len(qids) * 100
+    return cmc_sum.numpy() / len(ql) * 100, ap / len(ql) * 100
