@@ -40,11 +40,13 @@ def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
     assert "cpu (2 cores)" in text and "embedded world" in text, "which data and hardware the rows ran on"
     assert "mine + kreciprocal re-rank (weighted)" in text and "15.50" in text, "this run's own re-ranked row"
     assert "no backbones sweep yet" in text
+    assert "All sweeps together: 4 distinct runs, 12 min of run time" in text
     assert images == 3, "backbone cost, re-ranking and drone-rate figures"
 
 
 def test_notebook_05_runs_with_no_results_at_all(outputs, tmp_path):
     text, images = _execute(tmp_path / "out.ipynb")
     assert "sweeps found: none yet" in text and "no metrics under outputs/default/" in text
+    assert "no finished sweep run yet" in text
     assert "paper's R@1" in text and "63.13" in text, "the paper's tables are shown alone, marked as the paper's"
     assert images == 3
