@@ -58,7 +58,7 @@ def test_failing_notebook_stops_the_run_and_is_named(outputs, tmp_path):
     assert not (outputs / "broken/03_never.ipynb").exists()
 
 
-def test_progress_lines_are_coalesced(outputs, tmp_path):
+def test_progress_lines_are_coalesced(outputs, tmp_path, capfd):
     books = tmp_path / "books"
     books.mkdir()
     _notebook(books / "01_bar.ipynb", ["run_name = 'x'",
@@ -68,6 +68,7 @@ def test_progress_lines_are_coalesced(outputs, tmp_path):
     run(P.validate({"run_name": "bar"}), log=lines.append, notebooks_dir=books)
     bar = [line for line in lines if "step" in line]
     assert bar and len(bar) < 5 and bar[-1].endswith("step 49")
+    assert "[IPKernelApp]" not in capfd.readouterr().err, "the kernel's start-up warnings stay out of the log"
 
 
 def test_only_rejects_unknown_numbers():

@@ -172,6 +172,9 @@ def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str],
             papermill.execute_notebook(
                 str(book), str(target), parameters=inject, kernel_name=KERNEL, cwd=str(notebooks_dir),
                 progress_bar=False, stdout_file=out_sink, stderr_file=err_sink, coalesce_streams=True,
+                # the kernel's own start-up chatter (a warning that the loopback link to this process is not
+                # encrypted, repeated for every notebook) is not the notebook's output; cell output still is
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except PapermillExecutionError as e:
             out_sink.close(), err_sink.close()
