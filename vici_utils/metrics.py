@@ -277,11 +277,12 @@ def _evaluate_blocks(score_rows, q_code: np.ndarray, g_code: np.ndarray, protoco
             target = sub[np.arange(len(live)), c][:, None]
             m = mask[:len(live)]
             beaten_by = np.greater(sub, target, out=m).view(np.uint8).sum(1, dtype=count).astype(np.int64)
-            below = np.less(sub, target, out=m).view(np.uint8).sum(1, dtype=count).astype(np.int64)
-            # every other image is above or below the target, unless it ties with it or is NaN: rare, so only
-            # those rows pay for an equality pass (which also finds NaN, equal to nothing)
-            odd = np.flatnonzero(beaten_by + below != sub.shape[1] - 1)
-            if len(odd):
+            # every other image is above or below the target, unless it ties with it or is NaN: rare, so one
+            # count over the whole block tells, and only rows with a tie or NaN pay for an equality pass
+            n_below = np.count_nonzero(np.less(sub, target, out=m))
+            if int(beaten_by.sum()) + n_below != len(live) * (sub.shape[1] - 1):
+                below = m.view(np.uint8).sum(1, dtype=count).astype(np.int64)
+                odd = np.flatnonzero(beaten_by + below != sub.shape[1] - 1)
                 equal = np.equal(sub[odd], target[odd])
                 if (beaten_by[odd] + below[odd] + equal.sum(1) != sub.shape[1]).any():
                     raise ValueError("scores: contains NaN")

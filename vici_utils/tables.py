@@ -217,10 +217,8 @@ def _ours(agg: pd.DataFrame, kind: str) -> tuple[list[dict], list[str]]:
             rows.append(_metric_row(r["label"], r, P=r.get("param.drone_rate"), paper_row=""))
     elif kind == "vlms":
         before = agg[[_has(r, "rerank.retrieval.R@1") for _, r in agg.iterrows()]]
-        if len(before):  # the variants differ in re-ranking only, so they share one retrieval result
-            source = before.iloc[0] if len(before) == 1 else before.mean(numeric_only=True).drop(
-                [c for c in before.columns if c.endswith("_std")], errors="ignore")
-            rows.append(_metric_row("Without re-ranking", source, prefix="rerank.retrieval.",
+        if len(before):  # the variants differ in re-ranking only (model_from), so they share one retrieval result
+            rows.append(_metric_row("Without re-ranking", before.iloc[0], prefix="rerank.retrieval.",
                                     paper_row=paper.VLMS.iloc[0, 0]) | {"variant": ""})
         for _, r in agg.iterrows():
             for fusion in FUSIONS:
