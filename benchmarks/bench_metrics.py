@@ -100,6 +100,16 @@ def planted_queries(gallery: np.ndarray, picks: np.ndarray, rng) -> np.ndarray:
     return normalised(gallery[picks] + noise).astype(np.float32)
 
 
+def build_and_search(gallery: np.ndarray, queries: np.ndarray, kind: str):
+    """(top-10 indices, seconds to build the index, seconds to search it)."""
+    t = time.perf_counter()
+    index = metrics.build_index(gallery, kind)
+    t_build = time.perf_counter() - t
+    t = time.perf_counter()
+    _, found = metrics.search(queries, index, 10)
+    return found, t_build, time.perf_counter() - t
+
+
 def bench_search(n: int, dim: int, n_queries: int, hnsw: int) -> None:
     print(f"\nfaiss search: gallery {n:,} x {dim} float32 ({n * dim * 4 / 2**30:.1f} GiB), {n_queries} queries, "
           f"top-10, {THREADS} threads")
@@ -107,15 +117,9 @@ def bench_search(n: int, dim: int, n_queries: int, hnsw: int) -> None:
     rng = np.random.default_rng(2)
     picks = rng.integers(0, n, n_queries)
     queries = planted_queries(gallery, picks, rng)
-    t = time.perf_counter()
-    index = metrics.build_index(gallery, "flat")
-    t_build = time.perf_counter() - t
-    t = time.perf_counter()
-    _, exact = metrics.search(queries, index, 10)
-    t_search = time.perf_counter() - t
+    exact, t_build, t_search = build_and_search(gallery, queries, "flat")
     print(f"  faiss flat (exact): add {t_build:.1f} s, search {t_search:.2f} s = {n_queries / t_search:,.1f} queries/s, "
           f"true neighbour found first {np.mean(exact[:, 0] == picks) * 100:.0f} %")
-    del index
     g, q = torch.from_numpy(gallery), torch.from_numpy(queries)
     t = time.perf_counter()
     best = torch.cat([torch.topk(q @ g[s:s + 65536].T, 10, dim=1).values for s in range(0, n, 65536)], 1)
@@ -127,12 +131,7 @@ def bench_search(n: int, dim: int, n_queries: int, hnsw: int) -> None:
         hp = rng.integers(0, hnsw, n_queries)
         hq = planted_queries(sub, hp, rng)
         _, truth = metrics.search(hq, sub, 10)
-        t = time.perf_counter()
-        index = metrics.build_index(sub, "hnsw")
-        t_build = time.perf_counter() - t
-        t = time.perf_counter()
-        _, approx = metrics.search(hq, index, 10)
-        t_search = time.perf_counter() - t
+        approx, t_build, t_search = build_and_search(sub, hq, "hnsw")
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, truth)])
         print(f"  hnsw (M=32) on {hnsw:,}: build {t_build:.1f} s, search {len(hq) / t_search:,.0f} queries/s, "
               f"planted neighbour found first {np.mean(approx[:, 0] == hp) * 100:.0f} %, recall@10 vs exact "

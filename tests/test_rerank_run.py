@@ -1,14 +1,13 @@
 """run_rerank offline (none, kreciprocal): the files it writes, what may and may not change, and notebook 04."""
 import json
 
-import nbformat
 import numpy as np
 import pytest
 
 from tests.fake_vlm_servers import write_tiny_run
+from tests.notebooks import execute
 from vici_utils import answers, metrics
 from vici_utils import params as P
-from vici_utils.paths import NOTEBOOKS_DIR
 from vici_utils.rerank import load_features, metrics_table, run_rerank
 
 
@@ -79,17 +78,9 @@ def test_missing_or_incomplete_features_are_named(outputs):
 
 
 def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
-    import papermill
-
     monkeypatch.setenv("VICI_HEADLESS", "1")
     write_tiny_run(outputs, "nb04", buildings=12, queries_per_building=3, distractors=3)
-    out = tmp_path / "04.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS_DIR / "04_rerank.ipynb"), str(out), cwd=str(NOTEBOOKS_DIR),
-                               parameters={"run_name": "nb04"}, kernel_name="python3", progress_bar=False)
-    nb = nbformat.read(out, as_version=4)
-    outputs_ = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs_ if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs_) >= 4
-    text = "".join(o.get("text", "") for o in outputs_)
+    text, images = execute("04_rerank.ipynb", tmp_path / "04.ipynb", run_name="nb04")
+    assert images >= 4
     assert "different data" in text and "k-reciprocal" in text
     assert (outputs / "nb04" / "rerank" / "metrics.json").is_file()

@@ -3,15 +3,15 @@ import csv
 import json
 import zipfile
 
-import nbformat
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import TINY_WORLD
+from tests.notebooks import execute
 from vici_utils import answers, embed, metrics, params, retrieval
 from vici_utils.models import TwoTower
-from vici_utils.paths import NOTEBOOKS_DIR, run_dir
+from vici_utils.paths import run_dir
 from vici_utils.rerank import load_features
 
 
@@ -113,19 +113,10 @@ def test_zero_shot_and_init_checkpoint_say_which_weights(tiny_world_outputs, mon
 
 
 def test_notebook_03_runs_standalone_on_the_tiny_world(tiny_world_outputs, monkeypatch, tmp_path):
-    import papermill
-
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
     monkeypatch.setenv("VICI_HEADLESS", "1")
-    out = tmp_path / "03.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS_DIR / "03_retrieval.ipynb"), str(out), cwd=str(NOTEBOOKS_DIR),
-                               parameters={**TINY_WORLD, "run_name": "nb03", "epochs": 1}, kernel_name="python3",
-                               progress_bar=False)
-    nb = nbformat.read(out, as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
-    text = "".join(o.get("text", "") for o in outputs)
+    text, images = execute("03_retrieval.ipynb", tmp_path / "03.ipynb", **TINY_WORLD, run_name="nb03", epochs=1)
+    assert images >= 5
     assert "different data" in text and "scored against the embedded ground truth" in text
     folder = run_dir("nb03") / "retrieval"
     assert {"metrics.json", "answer.txt", "topk.csv", "features.npz"} <= {p.name for p in folder.iterdir()}

@@ -1,24 +1,12 @@
 """Notebook 05 executed headlessly: on a tiny sweep's results beside the paper's, and with no results at all."""
-import nbformat
-import papermill
-
 from vici_utils import params as P
 from vici_utils import sweep
-from vici_utils.paths import NOTEBOOKS_DIR
+from tests.notebooks import execute
 from tests.test_sweep import write_run, write_sweep
-
-NOTEBOOK = NOTEBOOKS_DIR / "05_tables.ipynb"
 
 
 def _execute(out_path, run_name="default"):
-    papermill.execute_notebook(str(NOTEBOOK), str(out_path), parameters={"run_name": run_name},
-                               kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=False)
-    nb = nbformat.read(out_path, as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    kinds = ("text/plain", "text/html", "text/markdown")
-    text = "\n".join(o.get("text", "") + "".join(o.get("data", {}).get(k, "") for k in kinds) for o in outputs)
-    images = sum("image/png" in o.get("data", {}) for o in outputs)
-    return text, images
+    return execute("05_tables.ipynb", out_path, run_name=run_name)
 
 
 def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
