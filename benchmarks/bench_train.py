@@ -19,7 +19,7 @@ import torch
 
 from vici_utils import params as P
 from vici_utils.datasets import ImageListDataset
-from vici_utils.device import autocast, resolve_device, resolve_precision
+from vici_utils.device import autocast, resolve_device, resolve_precision, tune_for_training
 from vici_utils.losses import InfoNCE
 from vici_utils.models import TwoTower, model_transforms
 from vici_utils.train import auto_workers, pair_data, train_step
@@ -62,9 +62,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.benchmark = True
+    tune_for_training(device)
     dtype = resolve_precision(args.precision, device)
     workers = auto_workers(device) if args.workers is None else args.workers
     cfg = P.validate({"data_root": args.data_root, "backbone": args.backbone, "image_size": args.image_size,

@@ -24,6 +24,13 @@ def cpu_has_bf16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
+def tune_for_training(device: torch.device) -> None:
+    """Global speed settings for training on a GPU (nothing to do on the CPU)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts (and precision: fp32)
+        torch.backends.cudnn.benchmark = True       # fixed input sizes: let cuDNN pick its fastest kernels
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp32":
         return torch.float32

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from . import params as P
 from .datasets import PairBatchSampler, PairDataset
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision, tune_for_training
 from .losses import InfoNCE
 from .models import build_model, model_transforms
 from .paths import run_dir
@@ -136,12 +136,10 @@ def _setup_distributed(cfg: P.Params) -> tuple[int, int, torch.device]:
     else:
         rank, world = 0, 1
     device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts (and precision: fp32)
-        torch.backends.cudnn.benchmark = True       # fixed input sizes: let cuDNN pick its fastest kernels
-        if world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-            torch.cuda.set_device(device)
+    tune_for_training(device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     return rank, world, device
 
 
