@@ -23,8 +23,9 @@ workbook: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Root (as in a container) needs --allow-root; the notebooks ask for the kernel that setup registers.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Runs shared between sweeps run once; a failed variant is recorded, the rest go on, results are still written.
 tables: setup

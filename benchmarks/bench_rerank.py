@@ -2,12 +2,13 @@
 
 1. Throughput of the VLM path: 100 queries, top 10, against a loopback server (its own process) that answers
    every request after 1 s, at vlm_concurrency 16 with no rate limit. The client does everything a real run
-   does: 384-px JPEG re-encoding of 512-px images, the real google-genai / httpx clients, answer checks,
-   the fsynced answer store. Goal: <= 10 s (the ideal is 100 / 16 x 1 s = 6.25 s).
+   does: 384-px JPEG re-encoding of 512-px images (--image-size 0: the original files, as params/paper.yaml
+   sends them), the real google-genai / httpx clients, answer checks, the fsynced answer store.
+   Goal: <= 10 s (the ideal is 100 / 16 x 1 s = 6.25 s).
 2. A rerun of the same job: every answer from the store, no request.
 3. k-reciprocal re-ranking on University-1652's shape (2,579 queries x 951 gallery, dim 1024). Goal: seconds.
 
-    python benchmarks/bench_rerank.py [--queries 100] [--concurrency 16] [--latency 1.0]
+    python benchmarks/bench_rerank.py [--queries 100] [--concurrency 16] [--latency 1.0] [--image-size 384]
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--gallery", type=int, default=150)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency", type=float, default=1.0)
+    ap.add_argument("--image-size", type=int, default=384, help="vlm_image_size; 0 = the original files")
     args = ap.parse_args()
 
     workdir = tempfile.TemporaryDirectory(prefix="bench_rerank_")
@@ -87,7 +89,8 @@ def main() -> None:
     try:
         for backend, base, model in (("gemini", url, "gemini-2.5-flash"), ("openai", url + "/v1", "local-vlm")):
             cfg = P.validate({"run_name": "bench", "rerank_backend": backend, "vlm_base_url": base, "vlm_model": model,
-                              "vlm_concurrency": args.concurrency, "vlm_rpm": 1_000_000, "rerank_top_k": 10})
+                              "vlm_concurrency": args.concurrency, "vlm_rpm": 1_000_000, "rerank_top_k": 10,
+                              "vlm_image_size": args.image_size or None})
             t, cpu = time.perf_counter(), time.process_time()
             result = run_rerank(cfg, show_progress=False)
             elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu

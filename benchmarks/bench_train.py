@@ -19,10 +19,11 @@ import torch
 
 from vici_utils import params as P
 from vici_utils.datasets import ImageListDataset
-from vici_utils.device import autocast, resolve_device, resolve_precision, tune_for_training
-from vici_utils.losses import InfoNCE
-from vici_utils.models import TwoTower, model_transforms
-from vici_utils.train import auto_workers, pair_data, train_step
+from vici_utils.device import autocast, data_workers, resolve_device, resolve_precision, tune_for_training
+from vici_utils.losses import ContrastiveLoss
+from vici_utils.models import TwoTower
+from vici_utils.transforms import model_transforms
+from vici_utils.train import pair_data, train_step
 from vici_utils.u1652 import University1652, open_dataset
 
 
@@ -64,7 +65,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     tune_for_training(device)
     dtype = resolve_precision(args.precision, device)
-    workers = auto_workers(device) if args.workers is None else args.workers
+    workers = data_workers(device, persistent=True) if args.workers is None else args.workers
     cfg = P.validate({"data_root": args.data_root, "backbone": args.backbone, "image_size": args.image_size,
                       "batch_size": args.batch, "drone_rate": 0.3, "precision": args.precision})
     ds = open_dataset(cfg) if cfg.is_embedded else University1652(args.data_root)
@@ -73,7 +74,7 @@ def main(argv=None):
     if args.grad_ckpt:
         model.set_grad_checkpointing(True)
     model.to(device, memory_format=torch.channels_last)
-    loss_fn = InfoNCE(0.1, learnable=True).to(device)
+    loss_fn = ContrastiveLoss(0.1, learnable=True).to(device)
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-5, fused=True)
     fwd = torch.compile(model) if args.compile else model
     size = model.config["image_size"]

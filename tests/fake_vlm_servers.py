@@ -6,10 +6,13 @@ the candidates by how close their mean colour is to the ground photo's (the test
 own colour). Faults are scripted per request, in arrival order:
 
     server.script = ["429", "500", "invalid_json"]   # the next three requests fail so, then normal answers
+    server.always = "invalid_json"                  # every request without a scripted fault fails so
 
 Faults: 429 (with Retry-After and RetryInfo), 500, 503, timeout (hang past the client timeout), invalid_json,
-fenced, duplicates, missing, empty_safety (no text, finish reason SAFETY), truncated (MAX_TOKENS / length),
-404, 401, echo_key (an answer whose text repeats the key the client sent), 400_echo_key (an error that does).
+fenced, duplicates, missing, empty_safety (no text, finish reason SAFETY), empty (no text, finish STOP),
+truncated (MAX_TOKENS / length), 404, 401, echo_key (an answer whose text repeats the key the client sent),
+400_echo_key (an error that does), garbage (200 with an HTML page), garbage_json (200 with JSON of another
+protocol).
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ class Seen:
     fault: str | None
     generation: dict      # generationConfig (Gemini) or the request body minus messages (OpenAI)
     arrived: float        # time.perf_counter() on arrival
+    mimes: list           # the images' MIME types, in order
+    encoded: list         # the images as the wire carried them (base64 text), in order
 
 
 def _mean_colour(jpeg: bytes) -> np.ndarray:
@@ -56,6 +61,7 @@ class FakeVLMServer:
     def __init__(self, delay_s: float = 0.0, hang_s: float = 3.0, ranker=oracle_ranking, retry_delay_s: float = 0.01):
         self.delay_s, self.hang_s, self.ranker, self.retry_delay_s = delay_s, hang_s, ranker, retry_delay_s
         self.script: list = []
+        self.always: str | None = None
         self.seen: list[Seen] = []
         self.retired_models = {"gemini-2.5-flash-preview-05-20"}
         self.lock = threading.Lock()
@@ -101,7 +107,7 @@ class FakeVLMServer:
     # --- parsing ------------------------------------------------------------------------------------------------
     @staticmethod
     def _gemini_parts(body: dict):
-        texts, images = [], []
+        texts, images, mimes, encoded = [], [], [], []
         for part in body["contents"][0]["parts"]:
             if "text" in part:
                 texts.append(part["text"])
@@ -109,24 +115,29 @@ class FakeVLMServer:
             if data:
                 raw = data["data"]
                 images.append(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        return texts, images
+                mimes.append(data.get("mimeType") or data.get("mime_type"))
+                encoded.append(raw)
+        return texts, images, mimes, encoded
 
     @staticmethod
     def _openai_parts(body: dict):
-        texts, images = [], []
+        texts, images, mimes, encoded = [], [], [], []
         for part in body["messages"][0]["content"]:
             if part["type"] == "text":
                 texts.append(part["text"])
             else:
-                images.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
-        return texts, images
+                head, raw = part["image_url"]["url"].split(",", 1)
+                images.append(base64.b64decode(raw))
+                mimes.append(head.removeprefix("data:").removesuffix(";base64"))
+                encoded.append(raw)
+        return texts, images, mimes, encoded
 
     def handle(self, h: BaseHTTPRequestHandler, body: dict) -> None:
         gemini = re.match(r"^/(v1|v1beta)/models/([^:]+):generateContent$", h.path)
         openai = h.path.rstrip("/").endswith("/chat/completions")
         if not (gemini or openai):
             return self._send(h, 404, {"error": {"code": 404, "message": f"no route {h.path}", "status": "NOT_FOUND"}})
-        texts, images = self._gemini_parts(body) if gemini else self._openai_parts(body)
+        texts, images, mimes, encoded = self._gemini_parts(body) if gemini else self._openai_parts(body)
         model = gemini.group(2) if gemini else body.get("model", "")
         key = h.headers.get("x-goog-api-key") or h.headers.get("Authorization", "").removeprefix("Bearer ")
         digest = hashlib.sha256()
@@ -135,16 +146,21 @@ class FakeVLMServer:
         digest.update("\n".join(texts).encode())
         arrived = time.perf_counter()
         with self.lock:
-            fault = self.script.pop(0) if self.script else None
+            fault = self.script.pop(0) if self.script else self.always
             generation = (body.get("generationConfig", {}) if gemini
                           else {k: v for k, v in body.items() if k != "messages"})
             self.seen.append(Seen(h.path, model, key, texts, images, digest.hexdigest(), fault, generation,
-                                  arrived))
+                                  arrived, mimes, encoded))
         if self.delay_s:
             time.sleep(self.delay_s)
         if fault == "timeout":
             time.sleep(self.hang_s)
             return self._send(h, 504, {"error": {"code": 504, "message": "too late", "status": "DEADLINE_EXCEEDED"}})
+        if fault == "garbage":
+            page = "<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body>" + "x" * 400
+            return self._send(h, 200, page, content_type="text/html")
+        if fault == "garbage_json":
+            return self._send(h, 200, {"status": "ok", "service": "a web app, not a VLM", "echo": key})
         if model in self.retired_models or fault == "404":
             return self._send(h, 404, {"error": {"code": 404, "message": f"models/{model} is not found for API "
                                                  "version v1, or is not supported for generateContent.",
@@ -163,9 +179,9 @@ class FakeVLMServer:
 
         k = len(images) - 1
         ranking = self.ranker(images)
-        answer = {"summary_ground_image": "a street with buildings",
-                  "summary_satellite_images": f"{k} rooftops compared by colour",
-                  "ranking": ranking, "reason": f"image {ranking[0]} has the closest colour"}
+        answer = {"ranking": ranking, "summary_ground_image": "a street with buildings",
+                  "summary_satellite_images": [f"rooftop {i + 1}, compared by colour" for i in range(k)],
+                  "reason": f"image {ranking[0]} has the closest colour"}
         finish = "STOP"
         if fault == "duplicates":
             answer["ranking"] = [ranking[0]] * 2 + ranking[2:]
@@ -180,6 +196,8 @@ class FakeVLMServer:
             text = "```json\n" + text + "\n```"
         elif fault == "empty_safety":
             text, finish = "", "SAFETY"
+        elif fault == "empty":
+            text = ""
         elif fault == "truncated":
             text, finish = text[: len(text) // 2], "MAX_TOKENS"
         return self._answer(h, bool(gemini), model, text, finish, len(images))
@@ -205,11 +223,11 @@ class FakeVLMServer:
                       "completion_tokens_details": {"reasoning_tokens": thoughts}}})
 
     @staticmethod
-    def _send(h, code: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _send(h, code: int, payload, headers: dict | None = None, content_type: str = "application/json") -> None:
+        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         try:
             h.send_response(code)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", content_type)
             h.send_header("Content-Length", str(len(data)))
             for name, value in (headers or {}).items():
                 h.send_header(name, value)

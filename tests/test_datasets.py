@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from vici_utils.datasets import (SATELLITE, ImageListDataset, PairBatchSampler, PairDataset, PairKey, decode_image,
                                  drone_choices)
-from vici_utils.models import TwoTower, model_transforms
+from vici_utils.models import TwoTower
+from vici_utils.transforms import model_transforms
 from vici_utils.u1652 import DatasetError, ImageItem, University1652
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 220, 20), (20, 20, 220)

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from vici_utils import embed, params
-from vici_utils.models import TwoTower, model_transforms
+from vici_utils.models import TwoTower
+from vici_utils.transforms import model_transforms
 
 
 @pytest.fixture(scope="module")

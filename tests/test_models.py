@@ -7,8 +7,10 @@ import torch
 from PIL import Image
 
 from vici_utils import params as P
-from vici_utils.models import (TwoTower, WeightsError, build_model, load_model_for_eval, model_from_checkpoint,
-                               model_summary, model_transforms)
+from vici_utils.checkpoints import WeightsError
+from vici_utils.model_stats import model_summary
+from vici_utils.models import TwoTower, build_model, load_model_for_eval, model_from_checkpoint
+from vici_utils.transforms import model_transforms
 
 VIT = "test_vit"  # timm's 0.3 M-parameter ViT for tests: CLS pooling, 16 px patches (32 px = 2x2 patches)
 DINO = "vit_small_patch14_dinov2"  # the DINOv2 layout (layer scale), 28 px = 2x2 patches
@@ -175,8 +177,9 @@ def test_load_model_for_eval_falls_back_checkpoint_then_init_then_bare(tmp_path,
                tmp_path / "out/r/train/best.pt")
     from_run, _ = load_model_for_eval(cfg)
     torch.testing.assert_close(from_run.street.conv1[0].weight, trained.street.conv1[0].weight)
-    with pytest.raises(WeightsError, match=r"trained with other parameters \(lr \([0-9.e-]+ -> 0\.5\)\)"):
-        load_model_for_eval(cfg.model_copy(update={"lr": 0.5}))
+    load_model_for_eval(cfg.model_copy(update={"lr": 0.5}))  # a training key: only resuming cares
+    with pytest.raises(WeightsError, match=r"another model \(image_size \(32 -> 48\)\)"):
+        load_model_for_eval(cfg.model_copy(update={"image_size": 48}))
 
 
 def test_transforms_from_the_model_data_config():
@@ -187,13 +190,17 @@ def test_transforms_from_the_model_data_config():
     assert x.shape == (3, 40, 40) and ev.size == 40
     # red after ImageNet normalisation: channel 0 high, channel 2 low
     assert x[0].mean() > 1.0 and x[2].mean() < -1.0
-    tr = model_transforms(None, m, train=True, view="satellite")
     tile = Image.new("RGB", (64, 64))
     tile.paste((255, 255, 255), (0, 0, 32, 32))  # a white top-left quadrant
-    quadrants = set()
-    for seed in range(12):
-        torch.manual_seed(seed)
-        y = tr(tile)
-        corners = [y[:, :8, :8].mean(), y[:, :8, -8:].mean(), y[:, -8:, :8].mean(), y[:, -8:, -8:].mean()]
-        quadrants.add(int(torch.stack(corners).argmax()))
-    assert len(quadrants) >= 3  # random 90-degree rotations move the white quadrant around
+
+    def quadrants(view):
+        tr, seen = model_transforms(None, m, train=True, view=view), set()
+        for seed in range(12):
+            torch.manual_seed(seed)
+            y = tr(tile)
+            corners = [y[:, :8, :8].mean(), y[:, :8, -8:].mean(), y[:, -8:, :8].mean(), y[:, -8:, -8:].mean()]
+            seen.add(int(torch.stack(corners).argmax()))
+        return seen
+
+    assert len(quadrants("satellite")) >= 3  # random 90-degree rotations move the white quadrant around
+    assert quadrants("drone") == {0}          # a drone photo has a horizon: never turned

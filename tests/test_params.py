@@ -57,3 +57,20 @@ def test_set_values_are_typed_and_paths_absolutised(tmp_path, monkeypatch):
 def test_from_notebook_reads_only_known_keys():
     cfg = P.from_notebook({"run_name": "nb", "drone_rate": 0.5, "pd": object(), "cfg": None})
     assert cfg.run_name == "nb" and cfg.drone_rate == 0.5 and cfg.epochs == P.Params().epochs
+
+
+def test_secrets_in_parameters_stay_references(monkeypatch):
+    """A token in vlm_base_url is refused in clear; by ${NAME} it stays a reference in the resolved parameters
+    (so in params.yaml, run.json and the notebooks) and is expanded only where the URL is used."""
+    from vici_utils.rerank.redaction import expand_secret_refs
+
+    monkeypatch.setenv("VLM_TOKEN", "s3cr3t-value-123")
+    monkeypatch.setenv("DATA_HOME", "/data")
+    with pytest.raises(P.ParamsError, match="credentials in clear"):
+        P.load(None, {"vlm_base_url": "https://me:s3cr3t-value-123@host/v1"})
+    with pytest.raises(P.ParamsError, match="credentials in clear"):
+        P.load(None, {"vlm_base_url": "https://host/v1?api_key=s3cr3t-value-123"})
+    cfg = P.load(None, {"vlm_base_url": "https://me:${VLM_TOKEN}@host/v1", "init_checkpoint": "${DATA_HOME}/x.pt"})
+    assert cfg.vlm_base_url == "https://me:${VLM_TOKEN}@host/v1" and cfg.init_checkpoint == "/data/x.pt"
+    assert "s3cr3t" not in P.to_yaml(cfg)
+    assert expand_secret_refs(cfg.vlm_base_url) == "https://me:s3cr3t-value-123@host/v1"

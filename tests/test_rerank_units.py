@@ -10,11 +10,11 @@ from vici_utils.rerank import fusion, pricing
 from vici_utils.rerank.cache import AnswerCache
 from vici_utils.rerank.kreciprocal import kreciprocal_distances
 from vici_utils.rerank.limits import RetryPolicy, TokenBucket, TransientError, server_retry_delay, with_retries
-from vici_utils.rerank.run import _permutations
+from vici_utils.rerank.ask import permutations as _permutations
 from vici_utils.rerank.schema import AnswerFault, json_schema, parse_answer
 
-GOOD = {"summary_ground_image": "a red house", "summary_satellite_images": "five roofs",
-        "ranking": [3, 1, 2, 5, 4], "reason": "red roof"}
+GOOD = {"ranking": [3, 1, 2, 5, 4], "summary_ground_image": "a red house",
+        "summary_satellite_images": ["roof 1", "roof 2", "roof 3", "roof 4", "roof 5"], "reason": "red roof"}
 
 
 # --- answers ------------------------------------------------------------------------------------------------------
@@ -165,7 +165,8 @@ def test_cache_survives_a_torn_line_and_appends_cleanly(tmp_path, monkeypatch):
     again = AnswerCache(tmp_path / "cache.jsonl")
     assert again.torn_lines == 1 and len(again) == 3
     assert again.answer("a")["ranking"] == [1, 2] and again.answer("b") is None and len(again.faults("b")) == 1
-    assert "SECRET" not in (tmp_path / "cache.jsonl").read_text() and again.answer("c")["reason"].endswith("*** leaked")
+    assert "SECRET" not in (tmp_path / "cache.jsonl").read_text()
+    assert again.answer("c")["reason"].endswith("[REDACTED] leaked")
     again.put({"key": "d", "ok": True})
     again.close()
     third = AnswerCache(tmp_path / "cache.jsonl")
@@ -263,8 +264,9 @@ def test_price_table_longest_prefix_and_overrides():
 def test_thinking_is_bounded_per_model_family():
     from google.genai import types
 
-    from vici_utils.rerank.backends import THINKING_BUDGET, _thinking
+    from vici_utils.rerank.backends import _thinking
 
-    assert _thinking(types, "gemini-2.0-flash") is None  # rejects a thinking config
-    assert _thinking(types, "gemini-2.5-flash").thinking_budget == THINKING_BUDGET
-    assert _thinking(types, "gemini-3-flash-preview").thinking_level == types.ThinkingLevel.LOW
+    assert _thinking(types, "gemini-2.0-flash", 1024) is None  # rejects a thinking config
+    assert _thinking(types, "gemini-2.5-flash", 1024).thinking_budget == 1024
+    assert _thinking(types, "gemini-2.5-flash", None) is None  # the server's default
+    assert _thinking(types, "gemini-3-flash-preview", 1024).thinking_level == types.ThinkingLevel.LOW

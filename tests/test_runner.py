@@ -1,5 +1,6 @@
 """The papermill runner: executes notebooks, writes the manifest, and fails loudly and usefully."""
 import json
+import os
 
 import nbformat
 import pytest
@@ -26,7 +27,10 @@ def test_runner_executes_notebook_01_and_writes_manifest(tiny_world_outputs, mon
     assert P.read_yaml(out / "params.yaml")["run_name"] == "nb01"
     nb = nbformat.read(out / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "world_train_locations = 12" in injected[0].source
+    assert injected and 'run_name = "nb01"' in injected[0].source
+    # keys the notebook does not declare reach it through the run's params.yaml
+    shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "12 train / 6 test" in shown
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3, "notebook 01 should draw its figures"
     assert any("01_data_exploration.ipynb ok" in line for line in lines)
@@ -65,10 +69,14 @@ def test_progress_lines_are_coalesced(outputs, tmp_path, capfd):
                                        "import sys\nfor i in range(50): sys.stderr.write(f'\\rstep {i}')\n"
                                        "sys.stderr.write('\\n')"])
     lines = []
+    # What another kernel of the test session may print meanwhile (its shutdown is not this run's business): the
+    # test once failed on exactly this line, so it is there every time now, and must not matter.
+    os.write(2, b"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n")
     run(P.validate({"run_name": "bar"}), log=lines.append, notebooks_dir=books)
-    bar = [line for line in lines if "step" in line]
+    bar = [line for line in lines if line.startswith("  [01] ") and "step" in line]
     assert bar and len(bar) < 5 and bar[-1].endswith("step 49")
-    assert "[IPKernelApp]" not in capfd.readouterr().err, "the kernel's start-up warnings stay out of the log"
+    startup = [line for line in capfd.readouterr().err.splitlines() if "running over TCP without encryption" in line]
+    assert not startup, "the kernel's start-up warning stays out of the log"
 
 
 def test_only_rejects_unknown_numbers():

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vici_utils import model_stats, paper, sweep, tables
+from vici_utils import model_stats, paper, results, sweep
 from vici_utils import params as P
 from vici_utils.paths import PARAMS_DIR, REPO_ROOT
+from vici_utils.results import cli as results_cli, render
 
 SWEEPS = sorted(p for p in (PARAMS_DIR / "tables").glob("*.yaml") if "sweep" in P.read_yaml(p))
 
@@ -261,7 +262,7 @@ def test_results_collect_metrics_and_average_seeds(outputs, tmp_path, base):
     assert row["rerank.backend"] == "kreciprocal" and row["rerank.counts.fallback"] == 0
     assert row["device"] == "cpu (2 cores)" and "embedded world" in row["data"] and row["train_s"] == 60.0
 
-    t = tables.build(pd.read_csv(s.folder / "results.csv"))
+    t = results.build_table(pd.read_csv(s.folder / "results.csv"))
     ours = t.rows[t.rows["row"] != ""].set_index("P")
     assert ours.loc[0.0, "R@1"] == pytest.approx(12.0) and ours.loc[0.0, "R@1_std"] == pytest.approx(2.0)
     assert ours.loc[0.3, "n"] == 2 and ours.loc[0.3, "R@1_std"] == pytest.approx(np.std([20, 21], ddof=1))
@@ -269,7 +270,7 @@ def test_results_collect_metrics_and_average_seeds(outputs, tmp_path, base):
     theirs = paper.DRONE_RATE.set_index("drone_rate")
     assert ours.loc[0.3, "paper R@1"] == theirs.loc[0.3, "R@1"] and np.isnan(ours.loc[0.7, "paper R@1"])
     assert sorted(t.rows["P"]) == [0.0, 0.1, 0.3, 0.5, 0.7], "the paper's rates we did not run are shown too"
-    shown = tables.display_frame(t)
+    shown = results.display_frame(t)
     assert shown.loc[0, "R@1"] == "12.00 ± 2.00" and shown.loc[0, "seeds"] == "3"
     assert list(shown["paper's R@1"])[:2] == ["24.47", "26.98"]
     assert any("cpu (2 cores)" in line for line in t.provenance)
@@ -281,7 +282,7 @@ def test_vlms_ablation_and_backbone_tables_have_the_papers_shape(outputs, tmp_pa
                                          "- {name: kr, label: KR, rerank_paper_row: Gemini 2.5 Flash}\n")
     v = sweep.load(f)
     write_run(outputs, "v/kr", v.runs[0].params, r1=20.0, notebooks=("03_retrieval.ipynb", "04_rerank.ipynb"))
-    t = tables.build(sweep.collect(v))
+    t = results.build_table(sweep.collect(v))
     rows = t.rows.set_index("row")
     assert list(t.rows["row"])[:4] == ["Without re-ranking", "KR (weighted)", "KR (vlm)", "KR (rrf)"]
     assert rows.loc["Without re-ranking", "R@1"] == 20.0 and rows.loc["KR (weighted)", "R@1"] == 23.0
@@ -295,7 +296,7 @@ def test_vlms_ablation_and_backbone_tables_have_the_papers_shape(outputs, tmp_pa
     a = sweep.load(f)
     for r, r1 in zip(a.runs, (8.0, 9.0)):
         write_run(outputs, r.run_name, r.params, r1=r1, notebooks=("03_retrieval.ipynb", "04_rerank.ipynb"))
-    t = tables.build(sweep.collect(a))
+    t = results.build_table(sweep.collect(a))
     assert list(t.rows["row"])[:3] == ["nd", "drone", "drone + kreciprocal re-rank (weighted)"]
     assert list(t.rows["paper R@1"])[:3] == [24.66, 27.49, 30.21] and list(t.rows["R@1"])[:3] == [8.0, 9.0, 12.0]
     assert len(t.rows) == 6, "the paper's three baselines follow our rows"
@@ -304,7 +305,7 @@ def test_vlms_ablation_and_backbone_tables_have_the_papers_shape(outputs, tmp_pa
                                          "- {name: r10, set: {backbone: resnet10t}}\n")
     b = sweep.load(f)
     write_run(outputs, "b/r10", b.runs[0].params, rerank=False, notebooks=("03_retrieval.ipynb",))
-    t = tables.build(sweep.collect(b))
+    t = results.build_table(sweep.collect(b))
     mine = t.rows.iloc[0]
     assert (mine["params (M)"], mine["dims"], mine["image px"]) == (pytest.approx(4.92, abs=0.01), 512, 64)
     assert len(t.rows) == 7 and set(t.rows["paper_row"]) >= {"DINOv2-L", "ConvNeXt-T"}
@@ -314,18 +315,19 @@ def test_readme_section_replaces_only_what_lies_between_the_markers(outputs, tmp
     s = _drone_sweep(outputs, tmp_path, base, [10.0, 12.0, 14.0] + [None] * 6)
     sweep.collect(s)
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nbefore\n{tables.README_START}\nold numbers\n{tables.README_END}\nafter\n")
-    tables.write_readme(tables.section(tables.load_tables(), now="2026-11-28", cost=tables.run_time()), readme)
+    readme.write_text(f"# Title\n\nbefore\n{render.README_START}\nold numbers\n{render.README_END}\nafter\n")
+    section = results.readme_section(results.load_sweep_tables(), now="2026-11-28", cost=results.total_run_time())
+    results.write_readme(section, readme)
     text = readme.read_text()
     assert "All sweeps together: 3 distinct runs, 9 min of run time in all" in text  # 3 finished runs of 3 min
-    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{tables.README_END}\nafter\n")
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{render.README_END}\nafter\n")
     assert "old numbers" not in text and "on 2026-11-28" in text
     assert "| p0 | 0 | 12.00 ± 2.00 | 22.00 ± 2.00 | 32.00 ± 2.00 | 3 | P = 0 | 24.47 |" in text
     assert "paper's R@1" in text and "| P = 0.5 | 24.89 |" in text
     readme.write_text("# no markers\n")
     with pytest.raises(P.ParamsError, match="results:start"):
-        tables.write_readme("x", readme)
-    assert tables.main(["--readme", str(readme)]) == 2
+        results.write_readme("x", readme)
+    assert results_cli.main(["--readme", str(readme)]) == 2
 
 
 
@@ -335,8 +337,8 @@ def test_run_time_counts_a_reused_run_once(tmp_path):
     (tmp_path / "a" / "results.csv").write_text(cols + "a,a/x,a/x,ok,cpu (2 cores),120\na,a/y,a/y,failed,cpu (2 cores),60\n")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "results.csv").write_text(cols + "b,b/x,a/x,ok,cpu (2 cores),120\nb,b/z,,ok,cpu (2 cores),240\n")
-    assert tables.run_time(tmp_path).startswith("All sweeps together: 2 distinct runs, 6 min of run time")
-    assert tables.run_time(tmp_path / "none") == ""
+    assert results.total_run_time(tmp_path).startswith("All sweeps together: 2 distinct runs, 6 min of run time")
+    assert results.total_run_time(tmp_path / "none") == ""
 
 # --- model statistics ------------------------------------------------------------------------------------------
 
@@ -355,4 +357,4 @@ def test_model_stats_match_the_papers_columns_and_are_cached(outputs):
 
 def test_repo_readme_has_the_results_markers():
     text = (REPO_ROOT / "README.md").read_text() if (REPO_ROOT / "README.md").is_file() else ""
-    assert text.find(tables.README_START) < text.find(tables.README_END) and tables.README_START in text
+    assert text.find(render.README_START) < text.find(render.README_END) and render.README_START in text

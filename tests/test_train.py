@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import yaml
 
 from vici_utils import params as P
-from vici_utils.losses import InfoNCE, info_nce
+from vici_utils.losses import ContrastiveLoss, info_nce
 from vici_utils.train import TrainConfigError, lr_factor, train
 
 from .conftest import TINY_WORLD
@@ -28,20 +28,31 @@ def test_info_nce_matches_a_hand_computation():
     cols = [-sim[j, j] + math.log(sum(math.exp(sim[i, j]) for i in range(5))) for j in range(5)]
     expected = 0.5 * (sum(rows) / 5 + sum(cols) / 5)
     assert info_nce(s, g, 1 / t).item() == pytest.approx(expected, rel=1e-5)
-    assert InfoNCE(t)(s, g).item() == pytest.approx(expected, rel=1e-5)
+    assert ContrastiveLoss(t)(s, g).item() == pytest.approx(expected, rel=1e-5)
     assert info_nce(s, s, 1 / t) < info_nce(s, g, 1 / t)  # matched pairs score lower
 
 
 def test_temperature_fixed_or_learnable():
-    fixed, learnable = InfoNCE(0.1), InfoNCE(0.1, learnable=True)
+    fixed, learnable = ContrastiveLoss(0.1), ContrastiveLoss(0.1, learnable=True)
     assert list(fixed.parameters()) == [] and fixed.temperature == pytest.approx(0.1)
     s, g = _unit(4, 8, 0).requires_grad_(), _unit(4, 8, 1)
     learnable(s, g).backward()
     assert learnable.log_scale.grad is not None and learnable.log_scale.grad != 0
-    assert InfoNCE(0.001).temperature == pytest.approx(0.01)  # clamped: the scale never exceeds 100
+    assert ContrastiveLoss(0.001).temperature == pytest.approx(0.01)  # clamped: the scale never exceeds 100
 
 
-def _ddp_worker(rank, world, init_file, s, g, out_file):
+def test_ntxent_equals_pytorch_metric_learning():
+    """VICI's loss is pml's SelfSupervisedLoss(NTXentLoss(0.1))(satellite, street); ours must equal it."""
+    from pytorch_metric_learning.losses import NTXentLoss, SelfSupervisedLoss
+
+    for n, seed in ((4, 0), (32, 1)):
+        s, g = _unit(n, 16, seed), _unit(n, 16, seed + 100)
+        expected = SelfSupervisedLoss(NTXentLoss(temperature=0.1))(g, s).item()
+        assert ContrastiveLoss(0.1, loss="ntxent")(s, g).item() == pytest.approx(expected, abs=1e-5)
+        assert ContrastiveLoss(0.1, loss="infonce")(s, g).item() != pytest.approx(expected, abs=1e-3)
+
+
+def _ddp_worker(rank, world, init_file, s, g, out_file, kind="infonce"):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -50,7 +61,7 @@ def _ddp_worker(rank, world, init_file, s, g, out_file):
     ddp = torch.nn.parallel.DistributedDataParallel(head)
     n = len(s) // world
     lo, hi = rank * n, (rank + 1) * n
-    loss = InfoNCE(0.1)(F.normalize(ddp(s[lo:hi]), dim=1), g[lo:hi])
+    loss = ContrastiveLoss(0.1, loss=kind)(F.normalize(ddp(s[lo:hi]), dim=1), g[lo:hi])
     loss.backward()
     if rank == 0:
         torch.save({"loss": loss.detach(), "grad": head.weight.grad}, out_file)
@@ -58,13 +69,15 @@ def _ddp_worker(rank, world, init_file, s, g, out_file):
     dist.destroy_process_group()
 
 
-def test_ddp_gathered_loss_and_gradient_equal_single_process(tmp_path):
+@pytest.mark.parametrize("kind", ["infonce", "ntxent"])
+def test_ddp_gathered_loss_and_gradient_equal_single_process(tmp_path, kind):
     s, g = _unit(8, 6, 2), _unit(8, 6, 3)
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), s, g, str(tmp_path / "out.pt")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), s, g, str(tmp_path / "out.pt"), kind), nprocs=2,
+             join=True)
     got = torch.load(tmp_path / "out.pt")
     torch.manual_seed(0)
     head = torch.nn.Linear(6, 6)
-    loss = InfoNCE(0.1)(F.normalize(head(s), dim=1), g)
+    loss = ContrastiveLoss(0.1, loss=kind)(F.normalize(head(s), dim=1), g)
     loss.backward()
     assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
     torch.testing.assert_close(got["grad"], head.weight.grad, rtol=1e-5, atol=1e-7)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from . import params as P
 
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C
+
 
 def _run(args) -> int:
-    from .runner import RunFailed, run
+    from .runner import RunFailed, RunInterrupted, run
 
     cfg = P.load(args.params, P.parse_set(args.set))
     only = args.only.split(",") if args.only else None
@@ -17,7 +20,22 @@ def _run(args) -> int:
     except RunFailed as e:
         print(f"\nRUN FAILED: {e}", file=sys.stderr)
         return 1
+    except RunInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return INTERRUPTED
     return 0
+
+
+def _not_writable(e: OSError) -> str:
+    """One sentence for a folder we cannot write; under the outputs folder, say how to move it."""
+    from .paths import outputs_root
+
+    where = e.filename or "?"
+    root = outputs_root()
+    if str(where).startswith(str(root)):
+        return (f"cannot write {where} ({e.strerror}): the outputs folder {root} must be writable; make it so, "
+                "or set VICI_OUTPUTS to a folder you can write (e.g. export VICI_OUTPUTS=$HOME/vici_outputs)")
+    return f"{e.strerror}: {where}"
 
 
 def _world(args) -> int:
@@ -35,7 +53,7 @@ def _sweep(argv) -> int:
 
 
 def _results(argv) -> int:
-    from .tables import main as results_main
+    from .results.cli import main as results_main
 
     return results_main(argv)
 
@@ -46,6 +64,19 @@ PASS_THROUGH = {"sweep": _sweep, "results": _results}
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside a run (a run says more itself): one line, no traceback
+        print("\ninterrupted; run the same command again to start over", file=sys.stderr)
+        return INTERRUPTED
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"error: {_not_writable(e)}", file=sys.stderr)
+        return 1
+
+
+def _main(argv) -> int:
     if argv and argv[0] in PASS_THROUGH:
         try:
             return PASS_THROUGH[argv[0]](argv[1:])

@@ -7,12 +7,13 @@ names are the 16-character gallery file names without extension; answer.zip hold
 from __future__ import annotations
 
 import csv
-import os
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from .run_folder import write_atomic
 
 CHALLENGE_K = 10
 CHALLENGE_NAME_LENGTH = 16
@@ -99,8 +100,10 @@ def write_challenge(out_dir, names_per_query: Sequence[Sequence[str]], k: int = 
     out_dir = Path(out_dir)
     txt = write_answer_txt(out_dir / "answer.txt", names_per_query, k, CHALLENGE_NAME_LENGTH)
     zip_path = out_dir / "answer.zip"
-    tmp = zip_path.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.write(txt, arcname="answer.txt")
-    os.replace(tmp, zip_path)
+
+    def zip_answer(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.write(txt, arcname="answer.txt")
+
+    write_atomic(zip_path, zip_answer)
     return txt, zip_path

@@ -8,6 +8,7 @@ run replays exactly the epochs an uninterrupted one would have seen.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
@@ -21,16 +22,43 @@ from .u1652 import DatasetError, ImageItem, TrainSplit
 SATELLITE = -1  # PairKey.drone value for "use the satellite tile"
 
 
+class DecodedCache:
+    """Decoded images kept in memory up to a byte budget: an epoch of the embedded world decodes the same few
+    thousand small JPEGs again and again. Each DataLoader worker holds its own (persistent workers keep it)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.used, self.images = budget_bytes, 0, {}
+
+    def get(self, key):
+        return self.images.get(key)
+
+    def put(self, key, image: Image.Image) -> None:
+        size = image.width * image.height * 3
+        if self.used + size <= self.budget:
+            self.images[key] = image
+            self.used += size
+
+
+DECODED = DecodedCache(int(os.environ.get("VICI_DECODED_CACHE_MB", "1024")) << 20)
+
+
 def decode_image(path: Path | str, size: Optional[int] = None) -> Image.Image:
-    """Open an image as RGB. For a JPEG much bigger than `size`, let libjpeg decode at 1/2, 1/4 or 1/8
-    scale (`draft`), keeping at least twice the target size so the resize still antialiases."""
+    """Open an image as RGB (from DECODED when it holds it). For a JPEG much bigger than `size`, let libjpeg
+    decode at 1/2, 1/4 or 1/8 scale (`draft`), keeping at least twice the target size so the resize still
+    antialiases. Transforms return new images, so the cached one is never modified."""
+    key = (str(path), size)
+    cached = DECODED.get(key)
+    if cached is not None:
+        return cached
     try:
         with Image.open(path) as im:
             if size and im.format == "JPEG":
                 im.draft("RGB", (2 * size, 2 * size))
-            return im.convert("RGB")
+            image = im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
+    DECODED.put(key, image)
+    return image
 
 
 @contextlib.contextmanager
@@ -72,7 +100,8 @@ class PairKey(NamedTuple):
 class PairDataset(Dataset):
     """(street, satellite-or-drone, building index, is_drone) for a PairKey drawn by PairBatchSampler."""
 
-    def __init__(self, buildings: Sequence[str], split: TrainSplit, street_transform, satellite_transform):
+    def __init__(self, buildings: Sequence[str], split: TrainSplit, street_transform, satellite_transform,
+                 drone_transform=None):
         missing = [b for b in buildings if not split.street.get(b) or not split.satellite.get(b)]
         if missing:
             raise DatasetError(f"training buildings without street or satellite images: {missing[:5]}")
@@ -81,6 +110,7 @@ class PairDataset(Dataset):
         self.satellite = [split.satellite[b][0] for b in self.buildings]
         self.drone = [split.drone.get(b, []) for b in self.buildings]
         self.street_transform, self.satellite_transform = street_transform, satellite_transform
+        self.drone_transform = drone_transform or satellite_transform
 
     def __len__(self) -> int:
         return len(self.buildings)
@@ -101,7 +131,7 @@ class PairDataset(Dataset):
         street, tile = self.load(key)
         with seeded(key.seed):
             xs = self.street_transform(street)
-            xt = self.satellite_transform(tile)
+            xt = (self.satellite_transform if key.drone == SATELLITE else self.drone_transform)(tile)
         return xs, xt, key.building, key.drone != SATELLITE
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -46,3 +47,13 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def data_workers(device: torch.device, persistent: bool) -> int:
+    """DataLoader worker processes when num_workers is None: several to keep a GPU fed. On a small CPU, decoding and
+    augmentation compete with the model for the same cores: at most half of them, and none for a loader that lives
+    for one pass only (starting workers would cost more than they save)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return min(8, cpus - 1)
+    return min(4, cpus // 2) if persistent else 0

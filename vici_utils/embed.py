@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, data_workers, resolve_device, resolve_precision
 from .paths import outputs_root
+from .run_folder import write_atomic
 from .progress import progress as progress_bar
 
 CACHE_VERSION = 1
@@ -26,12 +27,6 @@ CACHE_VERSION = 1
 
 def default_cache_dir() -> Path:
     return outputs_root() / "cache" / "features"
-
-
-def _auto_workers(device: torch.device) -> int:
-    """Decoding runs beside the model: on a GPU it needs several processes; on a small CPU it only competes."""
-    cpus = os.cpu_count() or 1
-    return min(8, cpus - 1) if device.type == "cuda" else min(2, max(cpus // 4, 0))
 
 
 @torch.inference_mode()
@@ -48,7 +43,7 @@ def extract_features(model_tower_fn: Callable[[torch.Tensor], torch.Tensor], ite
         raise ValueError("extract_features: no images to embed")
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_precision(precision, device)
-    workers = _auto_workers(device) if num_workers is None else num_workers
+    workers = data_workers(device, persistent=False) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(ImageListDataset(items, transform), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
@@ -130,8 +125,13 @@ def cached_features(model_tower_fn: Callable[[torch.Tensor], torch.Tensor], item
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"{tag}-{key[:24]}.npy"
     if path.is_file():
-        feats = np.load(path)
-        if feats.ndim == 2 and len(feats) == len(items):
+        try:
+            feats = np.load(path, allow_pickle=False)
+        except Exception as e:  # truncated or overwritten: it is only a cache, so compute again and replace it
+            warnings.warn(f"feature cache {path} is unreadable ({type(e).__name__}: {e}); computing the features "
+                          "again and replacing it", stacklevel=2)
+            feats = None
+        if feats is not None and feats.ndim == 2 and len(feats) == len(items):
             if progress:
                 print(f"{tag}: {len(items)} features read from the cache ({path.name})")
             return feats
@@ -139,7 +139,5 @@ def cached_features(model_tower_fn: Callable[[torch.Tensor], torch.Tensor], item
                              flip_tta=flip_tta, precision=precision, num_workers=num_workers, progress=progress,
                              desc=tag)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.save(tmp, feats))
     return feats

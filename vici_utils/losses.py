@@ -1,8 +1,11 @@
-"""Symmetric InfoNCE over a batch of (street, satellite) pairs, with negatives from every process.
+"""Contrastive losses over a batch of (street, satellite) pairs, with negatives from every process.
 
 Row i of the street batch and row i of the satellite batch show the same building; every other row is
-a negative. The similarity matrix S = street @ satellite.T / T is scored with cross-entropy towards its
-diagonal, once per row (street -> satellite) and once per column (satellite -> street).
+a negative.
+- `infonce` (CLIP's): the cross-view matrix S = street @ satellite.T / T is scored with cross-entropy towards
+  its diagonal, once per row (street -> satellite) and once per column (satellite -> street).
+- `ntxent` (SimCLR's NT-Xent, VICI's loss: pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss(0.1))):
+  all 2N embeddings against each other, so the other buildings' images of the *same* view are negatives too.
 """
 from __future__ import annotations
 
@@ -23,6 +26,20 @@ def info_nce(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.T
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def nt_xent(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Mean over the 2N anchors of cross-entropy towards the anchor's other view, against the 2N - 2 others."""
+    n = len(street)
+    z = torch.cat([street, satellite])
+    logits = logit_scale * z @ z.T
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.arange(2 * n, device=z.device).roll(n)  # anchor i's positive is row i + N (mod 2N)
+    return F.cross_entropy(logits, target)
+
+
+# The one place a loss is registered: name (the `loss` parameter) -> function of (street, satellite, 1/T).
+LOSSES = {"infonce": info_nce, "ntxent": nt_xent}
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a tensor from all processes in rank order, keeping the gradient of every slice.
 
@@ -38,11 +55,14 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
-class InfoNCE(nn.Module):
-    """InfoNCE with a fixed or learnable temperature (learned as log(1/T), CLIP's parametrisation)."""
+class ContrastiveLoss(nn.Module):
+    """A loss of LOSSES with a fixed or learnable temperature (learned as log(1/T), CLIP's parametrisation)."""
 
-    def __init__(self, temperature: float = 0.1, learnable: bool = False):
+    def __init__(self, temperature: float = 0.1, learnable: bool = False, loss: str = "infonce"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.fn = LOSSES[loss]
         init = torch.tensor(math.log(1.0 / temperature))
         if learnable:
             self.log_scale = nn.Parameter(init)
@@ -57,4 +77,4 @@ class InfoNCE(nn.Module):
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, street: torch.Tensor, satellite: torch.Tensor) -> torch.Tensor:
-        return info_nce(gather(street.float()), gather(satellite.float()), self.scale())
+        return self.fn(gather(street.float()), gather(satellite.float()), self.scale())

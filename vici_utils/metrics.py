@@ -31,6 +31,8 @@ import numpy as np
 
 PROTOCOLS = ("official", "distractors_dropped")
 RECALL_KS = (1, 5, 10)
+RECALLS = tuple(f"R@{k}" for k in RECALL_KS)  # the recall columns, as the paper prints them
+METRICS = (*RECALLS, "AP")  # the headline numbers of every metrics dict (tables, logs, results rows)
 _JUNK = -2       # gallery code of a junk image (never a good match, removed before ranking)
 _UNKNOWN = -1    # query code of a query whose building is unknown or absent from the gallery
 _BLOCK = 256     # query rows scored at a time: 256 x 951 scores (~1 MB) stay in the CPU cache

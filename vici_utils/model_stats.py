@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import TwoTower, create_backbone
 from .paths import outputs_root
+from .run_folder import write_atomic
 
 CACHE_NAME = "model_stats.json"
 
@@ -22,21 +28,15 @@ def cache_path() -> Path:
 
 
 def _create(name: str, image_size: Optional[int], device: str):
-    import torch
-
-    from .models import create_backbone
-
     with torch.device(device):  # the workbook's own constructor: same input size rule, same pooled output
         return create_backbone(name, pretrained=False, image_size=image_size)
 
 
-def _count(model, size: int, device: str) -> tuple[float, int]:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
+def _count(forward, size: int, device: str) -> tuple[float, int]:
+    """FLOPs of one forward pass of one image (counted by torch.utils.flop_counter) and the output size."""
     x = torch.zeros(1, 3, size, size, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        y = model(x)
+        y = forward(x)
     return counter.get_total_flops(), int(y.shape[-1])
 
 
@@ -58,15 +58,28 @@ def measure(name: str, image_size: Optional[int] = None) -> dict:
 
 def stats(name: str, image_size: Optional[int] = None) -> dict:
     """measure(), cached on disk: the cache survives runs, and one ViT-L count on a CPU is not free."""
-    import timm
-
     key = f"{name}@{image_size or 'native'}|timm {timm.__version__}"
     path = cache_path()
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if key not in cache:
         cache[key] = measure(name, image_size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(cache, indent=1, sort_keys=True))
     return cache[key]
+
+
+def model_summary(model: TwoTower) -> dict:
+    """A built model as notebook 02 shows it: parameters (all towers), GMACs of one tower on one image at the
+    training size (the unit of the paper's "FLOPs" column), image size and embedding size."""
+    size = model.config["image_size"]
+    was_training = model.training
+    flops, dims = _count(model.eval().encode_street, size, next(model.parameters()).device)
+    model.train(was_training)
+    return {
+        "backbone": model.config["backbone"],
+        "towers": "shared" if model.shared else "separate",
+        "params (M)": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "GMACs per image": round(flops / 2e9, 3),
+        "image size": size,
+        "embedding dim": dims,
+    }

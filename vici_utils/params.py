@@ -15,8 +15,17 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SECRET_NAME = re.compile(r"(api[_-]?key|secret|token|password)", re.IGNORECASE)
+from .rerank.fusion import FUSIONS  # the registries (they import nothing of params: no circle)
+from .rerank.rerankers import RERANKERS
+
+from .paths import resolve_user_path, run_dir
+from .rerank.redaction import SECRET_NAME, clear_credentials
+from .run_folder import PARAMS, TRAIN
 _ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+RUN_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+RESERVED_OUTPUTS = {"worlds": "the embedded worlds", "cache": "the feature cache"}  # folders of outputs/ itself
 
 
 class ParamsError(ValueError):
@@ -27,8 +36,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- the run -------------------------------------------------------------------------------
-    run_name: str = Field("default", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
-                          description="folder under outputs/ ('sweep/variant' nests)")
+    run_name: str = Field("default", description="folder under outputs/ ('sweep/variant' nests)")
     data_root: str = Field("embedded", description="'embedded' or a University-1652 folder")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -48,7 +56,8 @@ class Params(BaseModel):
 
     # --- model ----------------------------------------------------------------------------------
     backbone: str = "resnet10t"
-    pretrained: Union[bool, str] = Field(False, description="false, true (hub weights) or a weights file")
+    pretrained: Union[bool, str] = Field(False, description="false, true (hub weights), package (weights a pip "
+                                         "package ships, vici_utils.weight_sources) or a weights file")
     image_size: Optional[int] = Field(64, ge=16, description="None = the model's own data config")
     shared_towers: bool = False
     embed_dim: Optional[int] = Field(None, ge=1, description="projection head size; None = no head")
@@ -64,8 +73,18 @@ class Params(BaseModel):
     lr_gamma: float = Field(0.9, gt=0, le=1, description="per-epoch decay of the exponential schedule")
     temperature: float = Field(0.1, gt=0)
     learnable_temperature: bool = True
+    loss: Literal["infonce", "ntxent"] = Field(
+        "infonce", description="infonce: CLIP's cross-view cross-entropy; ntxent: VICI's NT-Xent over all 2N "
+                               "embeddings (same-view negatives too)")
+    augment: Literal["mild", "timm"] = Field(
+        "mild", description="mild: small crops, colour jitter, 90-degree tile rotations (the embedded default); "
+                            "timm: VICI's timm training transform for every view (crop scale 0.08-1, flip, jitter 0.4)")
+    decay_norms_and_biases: bool = Field(
+        False, description="weight decay on 1-D parameters too (VICI: torch AdamW on every parameter)")
     drone_rate: float = Field(0.3, ge=0.0, le=1.0)
     drone_high_only: bool = False
+    rotate_drone: bool = Field(False, description="random 90-degree turns of drone photos too, as of satellite "
+                                                  "tiles (augment: mild)")
     street_sampling: Literal["one", "all"] = "one"
     val_every: int = Field(5, ge=1)
     select_on: Literal["val", "test"] = "val"
@@ -80,17 +99,27 @@ class Params(BaseModel):
     eval_batch_size: int = Field(128, ge=1)
 
     # --- re-ranking -----------------------------------------------------------------------------
-    rerank_backend: Literal["none", "kreciprocal", "gemini", "openai"] = "kreciprocal"
+    rerank_backend: Literal[tuple(RERANKERS)] = Field("kreciprocal", description="rerank.rerankers.RERANKERS")
     rerank_top_k: int = Field(10, ge=2)
-    fusion: Literal["weighted", "vlm", "rrf"] = "weighted"
+    fusion: Literal[tuple(FUSIONS)] = Field("weighted", description="rule in answer_fused.txt (rerank.fusion)")
     vlm_model: str = "gemini-2.5-flash"
     vlm_base_url: Optional[str] = None
     vlm_concurrency: int = Field(4, ge=1)
     vlm_rpm: int = Field(60, ge=1)
     vlm_permutations: int = Field(1, ge=1)
-    vlm_image_size: int = Field(384, ge=32)
-    vlm_media_resolution: Literal["unspecified", "low", "medium", "high"] = "low"
-    vlm_max_retries: int = Field(5, ge=0)
+    vlm_image_size: Optional[int] = Field(384, ge=32, description=(
+        "longest side of the images sent, re-encoded as JPEG: small and cheap (the embedded default); "
+        "None = each file's own bytes at full resolution (VICI, params/paper.yaml)"))
+    vlm_media_resolution: Literal["unspecified", "low", "medium", "high"] = Field("low", description=(
+        "Gemini's token budget per image: low ~64 tokens (the embedded default); unspecified = the model's "
+        "default, ~258 tokens a tile (VICI, params/paper.yaml)"))
+    vlm_temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature (VICI: 0)")
+    vlm_thinking_budget: Optional[int] = Field(1024, ge=-1, description=(
+        "Gemini 2.5 thinking tokens (VICI: 1024; 0 off, -1 dynamic, None = the server's default); "
+        "the OpenAI protocol has no such setting"))
+    vlm_max_retries: int = Field(5, ge=0, description="unusable answers asked again, per request and run")
+    vlm_max_fallback_share: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "a run in which more re-ranked queries than this share kept their retrieval order fails; 1 accepts any"))
     vlm_timeout_s: float = Field(120.0, gt=0)
     vlm_max_queries: Optional[int] = Field(None, ge=1, description="re-rank only the first N queries")
     vlm_price_in_per_mtok: Optional[float] = Field(None, ge=0, description="overrides the price table")
@@ -100,6 +129,33 @@ class Params(BaseModel):
     kr_k1: int = Field(4, ge=1)
     kr_k2: int = Field(1, ge=1)
     kr_lambda: float = Field(0.5, ge=0.0, le=1.0)
+    verifier_epochs: int = Field(20, ge=1, description="training epochs of the learned verifier (rerank_backend: "
+                                                       "verifier)")
+    verifier_dim: int = Field(64, ge=8, description="the verifier's token width")
+    verifier_lr: float = Field(1e-3, gt=0, description="the verifier's peak learning rate (one-cycle schedule)")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v):
+        parts = v.split("/")
+        if not all(RUN_NAME_PART.fullmatch(p) for p in parts):
+            raise ValueError("run_name is a folder under outputs/: letters, digits and _ - . (not first), with '/' "
+                             "between nested folders (sweep/variant); no spaces, no other characters")
+        if parts[0] in RESERVED_OUTPUTS:
+            raise ValueError(f"run_name may not start with '{parts[0]}': outputs/{parts[0]}/ holds "
+                             f"{RESERVED_OUTPUTS[parts[0]]}, shared by every run; choose another name")
+        return v
+
+    @field_validator("vlm_base_url")
+    @classmethod
+    def _no_clear_credentials(cls, v):
+        found = clear_credentials(v) if v else []
+        if found:
+            raise ValueError(f"vlm_base_url carries credentials in clear ({', '.join(found)}), which would be written "
+                             "into params.yaml, run.json and the executed notebooks. Put the secret in an environment "
+                             "variable with a secret-looking name and refer to it, e.g. "
+                             "https://user:${VLM_TOKEN}@host/v1 (a file's ${VLM_TOKEN} stays a reference until used)")
+        return v
 
     @field_validator("pretrained")
     @classmethod
@@ -116,17 +172,28 @@ class Params(BaseModel):
         return {k: getattr(self, k) for k in keys}
 
 
-# Keys whose change makes a stored run a different run (resume refuses, eval loading refuses).
+# What a stored model depends on. Evaluation checks DATA_KEYS and MODEL_KEYS against a checkpoint (the
+# model is rebuilt from the checkpoint's own config); resuming training checks all of TRAIN_KEYS.
+DATA_KEYS = ("data_root", "world_seed", "world_train_locations", "world_test_locations", "world_distractors",
+             "world_difficulty", "include_google")
+MODEL_KEYS = ("backbone", "image_size", "shared_towers", "embed_dim")
 TRAIN_KEYS = (
-    "data_root", "world_seed", "world_train_locations", "world_test_locations", "world_distractors",
-    "world_difficulty", "val_fraction", "include_google", "seed",
-    "backbone", "pretrained", "image_size", "shared_towers", "embed_dim", "init_checkpoint",
+    *DATA_KEYS, "val_fraction", "seed", *MODEL_KEYS, "pretrained", "init_checkpoint",
     "epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs", "lr_gamma", "temperature",
-    "learnable_temperature", "drone_rate", "drone_high_only", "street_sampling", "select_on", "precision",
+    "learnable_temperature", "loss", "augment", "decay_norms_and_biases", "drone_rate", "drone_high_only",
+    "rotate_drone", "street_sampling", "select_on", "precision",
 )
 
 
+def config_differences(stored: dict, cfg: Params, keys=TRAIN_KEYS) -> list[str]:
+    """'key (stored -> now)' for each of `keys` whose value differs between a stored config and `cfg`."""
+    now = cfg.model_dump()
+    return [f"{k} ({stored.get(k)!r} -> {now[k]!r})" for k in keys if stored.get(k) != now[k]]
+
+
 def _expand_env(value: Any, where: str, key: str) -> Any:
+    """${NAME} -> the variable's value; a secret-looking NAME (a token, a password) stays a reference, expanded
+    only where it is used, so its value never reaches params.yaml, run.json or a notebook."""
     if not isinstance(value, str):
         return value
 
@@ -135,7 +202,7 @@ def _expand_env(value: Any, where: str, key: str) -> Any:
         if name not in os.environ:
             raise ParamsError(f"{where}: '{key}' refers to ${name}, which is not set in the environment "
                               f"(set it, or pass --set {key}=...)")
-        return os.environ[name]
+        return f"${{{name}}}" if SECRET_NAME.search(name) else os.environ[name]
 
     return _ENV_REF.sub(sub, value)
 
@@ -190,9 +257,21 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return raw
 
 
+def read_params_file(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A parameters file's keys; `base: other.yaml` (relative to the file) takes that file's keys first."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ParamsError(f"{path}: 'base' files refer to each other in a circle")
+    raw = read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return {**read_params_file(path.parent / base, (*_seen, path)), **raw}
+
+
 def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Params:
     """Parameters from a YAML file (missing keys take their defaults) with overrides on top."""
-    raw = read_yaml(path) if path else {}
+    raw = read_params_file(path) if path else {}
     if overrides:
         _check_keys(overrides, "--set")
     raw.update(overrides or {})
@@ -202,21 +281,34 @@ def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -
 
 def absolutize(params: Params) -> Params:
     """Make user paths absolute against the caller's cwd before a notebook (another cwd) sees them."""
-    from .paths import resolve_user_path
-
     updates = {}
     if not params.is_embedded:
         updates["data_root"] = str(resolve_user_path(params.data_root))
     if params.init_checkpoint:
         updates["init_checkpoint"] = str(resolve_user_path(params.init_checkpoint))
-    if isinstance(params.pretrained, str):
+    if isinstance(params.pretrained, str) and params.pretrained != "package":  # package: not a path
         updates["pretrained"] = str(resolve_user_path(params.pretrained))
     return params.model_copy(update=updates)
 
 
+def run_parameters(run_name: str) -> dict:
+    """The resolved parameters a run was started with: outputs/<run>/params.yaml (written by the runner),
+    else the training config a notebook or torchrun wrote (outputs/<run>/train/config.yaml), else {}."""
+    folder = run_dir(run_name)
+    for path in (folder / PARAMS, folder / TRAIN / "config.yaml"):
+        if path.is_file():
+            return read_yaml(path)
+    return {}
+
+
 def from_notebook(namespace: dict) -> Params:
-    """Params from a notebook's parameter variables (the keys its parameters cell declares)."""
-    raw = {k: namespace[k] for k in Params.model_fields if k in namespace}
+    """The parameters a notebook works with: the run's resolved parameters (`run_parameters`) with the keys
+    its parameters cell declares on top. A notebook run alone, with no run folder yet, gets its cell values
+    plus the defaults; papermill with only `-p run_name X` gets run X's parameters."""
+    cell = {k: namespace[k] for k in Params.model_fields if k in namespace}
+    raw = run_parameters(cell.get("run_name", Params.model_fields["run_name"].default))
+    raw = {k: v for k, v in raw.items() if k in Params.model_fields}  # a file from an older version may hold more
+    raw.update(cell)
     return absolutize(validate(raw, "notebook parameters"))
 
 

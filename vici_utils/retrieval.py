@@ -23,9 +23,11 @@ import torch
 from . import answers, metrics
 from .device import resolve_device
 from .embed import cached_features, state_dict_hash
-from .figures import describe_data, describe_model
 from .models import load_model_for_eval
 from .paths import run_dir
+from .run_folder import RETRIEVAL, TRAIN, trained_checkpoint
+from .weight_sources import PACKAGE, package_source
+from .provenance import describe_data, describe_model, describe_selection
 from .u1652 import ImageItem, RetrievalSet, open_dataset
 
 TOP_K = answers.CHALLENGE_K
@@ -57,14 +59,15 @@ class RetrievalResult:
 def weights_source(cfg, folder: Optional[Path] = None) -> str:
     """Which weights models.load_model_for_eval evaluates (same order: best.pt, last.pt, init_checkpoint,
     backbone weights)."""
-    train = Path(folder or run_dir(cfg.run_name)) / "train"
-    for name in ("best.pt", "last.pt"):
-        if (train / name).is_file():
-            return f"trained checkpoint {cfg.run_name}/train/{name}"
+    found = trained_checkpoint(Path(folder or run_dir(cfg.run_name)) / TRAIN)
+    if found:
+        return f"trained checkpoint {cfg.run_name}/{TRAIN}/{found.name}"
     if cfg.init_checkpoint:
         return f"init_checkpoint {Path(cfg.init_checkpoint).name} (not trained in this run)"
     if cfg.pretrained is True:
         return "hub weights, zero-shot (not trained in this run)"
+    if cfg.pretrained == PACKAGE:
+        return f"{package_source(cfg.backbone).summary}, zero-shot (not trained in this run)"
     if isinstance(cfg.pretrained, str):
         return f"weights file {Path(cfg.pretrained).name}, zero-shot (not trained in this run)"
     return "random initialisation (untrained: no checkpoint in this run, no pretrained weights)"
@@ -144,7 +147,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     start = time.time()
     ds = open_dataset(cfg, progress=progress)
     folder = run_dir(cfg.run_name)
-    out_dir = folder / "retrieval"
+    out_dir = folder / RETRIEVAL
     weights = weights_source(cfg, folder)
     torch.manual_seed(cfg.seed)  # an untrained model is then the same on every run (and its features cacheable)
     model, transforms = load_model_for_eval(cfg, folder)
@@ -176,6 +179,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
         "data_root": str(ds.root),
         "model": describe_model(cfg),
         "weights": weights,
+        "model_selection": describe_selection(cfg),
         "embedding_dim": int(qf.shape[1]),
         "flip_tta": cfg.flip_tta,
         "faiss_index": cfg.faiss_index,

@@ -11,7 +11,7 @@ interrupted run still says how far it got.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import logging
 import os
 import platform
 import subprocess
@@ -22,12 +22,38 @@ from typing import Callable, Optional
 
 from . import params as P
 from .paths import NOTEBOOKS_DIR, REPO_ROOT, run_dir
+from .run_folder import MANIFEST, PARAMS, write_atomic, write_json
 
 KERNEL = "python3"  # jupyter_client maps this to sys.executable: the runner's own environment
 
 
 class RunFailed(RuntimeError):
     """A notebook failed; the message names it, the cell and the error."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what is saved and how to resume."""
+
+
+class _StoppedKernelNoise(logging.Filter):
+    """What a stopped kernel leaves behind, said better by RunFailed / RunInterrupted: after Ctrl-C asyncio prints
+    the abandoned cell's error (a screen of coloured traceback) when the process exits, and nbclient logs that the
+    kernel died while the cell waited."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (CellExecutionError, DeadKernelError)):
+            return False
+        return not record.getMessage().startswith("Kernel died while waiting for execute reply")
+
+
+def _quiet_stopped_kernels() -> None:
+    for name in ("asyncio", "papermill"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _StoppedKernelNoise) for f in logger.filters):
+            logger.addFilter(_StoppedKernelNoise())
 
 
 def discover_notebooks(only: Optional[list[str]] = None, folder: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -124,22 +150,17 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-
-
 def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str], None] = print,
         notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
     """Execute the notebooks in order; returns the manifest. Raises RunFailed on the first failing one."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     books = discover_notebooks(only, notebooks_dir)
     out = run_dir(params.run_name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "params.yaml").write_text(P.to_yaml(params))
+    write_atomic(out / PARAMS, P.to_yaml(params))
     manifest = {
         "run_name": params.run_name,
         "status": "running",
@@ -151,20 +172,21 @@ def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str],
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "notebooks": [{"name": b.name, "status": "pending", "duration_s": None} for b in books],
     }
-    manifest_path = out / "run.json"
-    _write_json(manifest_path, manifest)
+    manifest_path = out / MANIFEST
+    write_json(manifest_path, manifest)
     log(f"run '{params.run_name}' -> {out}  ({len(books)} notebooks, {manifest['environment']['device']})")
 
     # The kernel inherits this environment: headless progress bars, and the outputs root we resolved.
     os.environ["VICI_HEADLESS"] = "1"
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    _quiet_stopped_kernels()
     t_run = time.time()
     for book, entry in zip(books, manifest["notebooks"]):
         declared = declared_parameters(book)
         inject = params.subset(k for k in declared if k in P.Params.model_fields)
         target = out / book.name
         entry.update(status="running", started=_now(), output=str(target))
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         log(f"> {book.name}")
         t0 = time.time()
         out_sink, err_sink = _LogStream(book.name[:2], log), _LogStream(book.name[:2], log)
@@ -172,9 +194,10 @@ def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str],
             papermill.execute_notebook(
                 str(book), str(target), parameters=inject, kernel_name=KERNEL, cwd=str(notebooks_dir),
                 progress_bar=False, stdout_file=out_sink, stderr_file=err_sink, coalesce_streams=True,
-                # the kernel's own start-up chatter (a warning that the loopback link to this process is not
-                # encrypted, repeated for every notebook) is not the notebook's output; cell output still is
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                # the kernel's own log is not the notebook's output (cell output and errors still are): its
+                # start-up warning that the loopback link is not encrypted, repeated for every notebook, and the
+                # errors it logs when shut down mid-cell (Ctrl-C) or interrupted while idle (at every shutdown)
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         except PapermillExecutionError as e:
             out_sink.close(), err_sink.close()
@@ -182,21 +205,32 @@ def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str],
                          error={"cell": e.cell_index, "execution_count": e.exec_count,
                                 "ename": e.ename, "evalue": e.evalue})
             manifest.update(status="failed", ended=_now(), duration_s=round(time.time() - t_run, 1))
-            _write_json(manifest_path, manifest)
+            write_json(manifest_path, manifest)
             raise RunFailed(f"{book.name} failed in the cell run as [{e.exec_count}] "
                             f"(`{_failed_cell_source(target, e.exec_count)}`): {e.ename}: {e.evalue}\n"
                             f"The executed notebook, with the traceback, is {target}") from None
-        except BaseException as e:  # kernel died, Ctrl-C: record it, then let it propagate
+        except BaseException as e:  # kernel died, Ctrl-C: record it, then say what happened in one sentence
             entry.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                          duration_s=round(time.time() - t0, 1), error={"ename": type(e).__name__, "evalue": str(e)})
             manifest.update(status=entry["status"], ended=_now(), duration_s=round(time.time() - t_run, 1))
-            _write_json(manifest_path, manifest)
+            write_json(manifest_path, manifest)
+            if isinstance(e, KeyboardInterrupt):
+                done = [n["name"] for n in manifest["notebooks"] if n["status"] == "ok"]
+                raise RunInterrupted(
+                    f"Interrupted during {book.name}. {out} keeps run.json and the finished notebooks "
+                    f"({', '.join(done) or 'none yet'}); run the same command again to resume (the world, the saved "
+                    "training checkpoints and the cached features are reused).") from None
+            if isinstance(e, DeadKernelError):
+                raise RunFailed(
+                    f"{book.name}: the kernel died, most likely out of memory (the system stops a process that "
+                    "takes too much). Try a smaller batch_size, image_size or eval_batch_size (e.g. --set "
+                    f"batch_size=32). The notebook as far as it ran is {target}") from None
             raise
         out_sink.close(), err_sink.close()
         entry.update(status="ok", duration_s=round(time.time() - t0, 1))
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         log(f"  {book.name} ok in {entry['duration_s']:.1f} s")
     manifest.update(status="ok", ended=_now(), duration_s=round(time.time() - t_run, 1))
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     log(f"run '{params.run_name}' finished in {manifest['duration_s']:.0f} s; manifest {manifest_path}")
     return manifest

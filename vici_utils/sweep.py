@@ -44,7 +44,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from . import paper
 from . import params as P
 from .paths import outputs_root, run_dir
-from .tables import read_run
+from .results.rows import read_run_folder
+from .run_folder import CHECKPOINTS, MANIFEST, TRAIN, read_manifest
 
 SEGMENT = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"  # one folder name (run_name's pattern, without '/')
 RESERVED = {"run_name": "the sweep names each run <sweep>/<variant>", "seed": "list seeds under `seeds:`"}
@@ -124,6 +125,7 @@ class Sweep:
     spec: SweepSpec
     path: Path
     runs: list[PlannedRun]
+    selected: Optional[set[str]] = None  # run names to execute (None: all); see select_variants
 
     @property
     def name(self) -> str:
@@ -177,7 +179,7 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
                             "base is relative to the sweep file)")
     overrides = overrides or {}
     _check_keys(overrides, "--set")
-    base = P.read_yaml(base_path)
+    base = P.read_params_file(base_path)
     P.validate(base | overrides, f"{base_path} (the base of {path})")
     _check_keys(spec.overrides, f"{path}: set")
     for v in spec.variants:
@@ -222,7 +224,7 @@ def _evaluate_only(run: PlannedRun, path: Path, numbers: list[str]) -> None:
 
 
 def checkpoint_of(folder: Path) -> Path:
-    return folder / "train" / "best.pt"
+    return folder / TRAIN / CHECKPOINTS[0]
 
 
 def bind_model(run: PlannedRun, index: Optional[dict[Path, dict]] = None) -> None:
@@ -246,13 +248,6 @@ def _wanted_notebooks(only: Optional[list[str]]) -> list[str]:
     return [b.name for b in discover_notebooks(only)]
 
 
-def _manifest(folder: Path) -> Optional[dict]:
-    try:
-        return json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def finished(manifest: Optional[dict], params: P.Params, notebooks: list[str]) -> bool:
     """True when a manifest records a finished run of these parameters that executed these notebooks."""
     if not manifest or manifest.get("status") != "ok":
@@ -266,7 +261,8 @@ def finished(manifest: Optional[dict], params: P.Params, notebooks: list[str]) -
 def finished_runs() -> dict[Path, dict]:
     """Manifests of the finished runs under outputs/, by folder ('run' or 'sweep/variant')."""
     root = outputs_root()
-    found = {f.parent: _manifest(f.parent) for f in sorted(root.glob("*/run.json")) + sorted(root.glob("*/*/run.json"))}
+    manifests = sorted(root.glob(f"*/{MANIFEST}")) + sorted(root.glob(f"*/*/{MANIFEST}"))
+    found = {f.parent: read_manifest(f.parent) for f in manifests}
     return {folder: m for folder, m in found.items() if m and m.get("status") == "ok"}
 
 
@@ -296,7 +292,7 @@ def collect(sweep: Sweep, failures: Optional[dict[str, str]] = None) -> pd.DataF
                "paper_row": r.variant.paper_row or "", "rerank_paper_row": r.variant.rerank_paper_row or "",
                "model_from": r.model_from.run_name if r.model_from else ""}
         row |= {f"param.{k}": getattr(r.params, k) for k in sweep.swept_keys}
-        found = read_run(folder, with_model_stats=sweep.spec.table == "backbones")
+        found = read_run_folder(folder, with_model_stats=sweep.spec.table == "backbones")
         if source is None:
             status = (found.get("status") or "missing") if found.get("status") != "ok" else "stale"
             found = {k: v for k, v in found.items() if k in ("status", "error")}
@@ -331,10 +327,21 @@ def plan(sweep: Sweep, force: bool = False, upcoming: Optional[dict] = None) -> 
     return out
 
 
+def select_variants(sweep: Sweep, names: list[str]) -> Sweep:
+    """Run only the named variants (and the runs whose models they evaluate); results.csv keeps every row."""
+    known = [v.name for v in sweep.spec.variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise P.ParamsError(f"{sweep.path}: no variant {', '.join(map(repr, unknown))} (variants: {', '.join(known)})")
+    keep = [r for r in sweep.runs if r.variant.name in names]
+    sweep.selected = {r.run_name for r in keep} | {r.model_from.run_name for r in keep if r.model_from}
+    return sweep
+
+
 def estimate_s(sweep: Sweep) -> Optional[float]:
     """Mean duration of this sweep's finished runs: the best guess at what each remaining one costs."""
-    durations = [m["duration_s"] for f in sorted(sweep.folder.glob("*/run.json"))
-                 if (m := _manifest(f.parent)) and m.get("status") == "ok" and m.get("duration_s")]
+    durations = [m["duration_s"] for f in sorted(sweep.folder.glob(f"*/{MANIFEST}"))
+                 if (m := read_manifest(f.parent)) and m.get("status") == "ok" and m.get("duration_s")]
     return sum(durations) / len(durations) if durations else None
 
 
@@ -350,7 +357,7 @@ def describe_plan(sweep: Sweep, planned, log: Callable[[str], None] = print) -> 
         elif src == run_dir(r.run_name):
             state = "done"
         else:
-            state = f"reuse {src.relative_to(outputs_root())}" + ("" if (src / "run.json").is_file() else
+            state = f"reuse {src.relative_to(outputs_root())}" + ("" if (src / MANIFEST).is_file() else
                                                                   " (once it has run)")
         log(f"  {r.run_name:<32} {swept:<60} {state}")
     return todo
@@ -364,6 +371,8 @@ def run_sweep(sweep: Sweep, force: bool = False, log: Callable[[str], None] = pr
     describe_plan(sweep, plan(sweep, force), log)
     try:
         for r in sweep.runs:
+            if sweep.selected is not None and r.run_name not in sweep.selected:
+                continue
             if r.model_from:
                 bind_model(r)
                 if not Path(r.params.init_checkpoint).is_file():
@@ -400,10 +409,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate and show what would run; run nothing")
     parser.add_argument("--force", action="store_true", help="run every variant again, even finished ones")
     parser.add_argument("--collect-only", action="store_true", help="only rewrite results.csv from what exists")
+    parser.add_argument("--variants", metavar="A,B", help="run only these variants (and the ones they take models from)")
     args = parser.parse_args(argv)
     try:
         overrides = P.parse_set(args.set)
         sweeps = [load(s, overrides) for s in args.sweeps]  # all of them valid before anything runs
+        if args.variants:
+            sweeps = [select_variants(s, [n.strip() for n in args.variants.split(",") if n.strip()]) for s in sweeps]
     except P.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -424,8 +436,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     ok = True
     for s in sweeps:
-        df = run_sweep(s, force=args.force)
-        ok &= bool((df["status"] == "ok").all())
+        try:
+            df = run_sweep(s, force=args.force)
+        except KeyboardInterrupt:  # Ctrl-C: one line, not the runner's traceback
+            print(f"\nSweep '{s.name}' interrupted. {s.folder / 'results.csv'} lists the runs finished so far; run "
+                  "the same command again to resume (finished runs are skipped, the interrupted one reuses its "
+                  "saved checkpoints and caches).", file=sys.stderr)
+            return 130
+        ran = df if s.selected is None else df[df["run"].isin(s.selected)]
+        ok &= bool((ran["status"] == "ok").all())
     return 0 if ok else 1
 
 

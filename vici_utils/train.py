@@ -1,4 +1,4 @@
-"""Stage 1: train the two towers with symmetric InfoNCE, drone mixing, validation and exact resume.
+"""Stage 1: train the two towers with a contrastive loss (InfoNCE or NT-Xent), drone mixing, validation and exact resume.
 
     train(cfg) -> TrainResult                                   (from a notebook)
     torchrun --nproc_per_node N -m vici_utils.train params/X.yaml [--set key=value ...]
@@ -27,14 +27,15 @@ from torch.utils.data import DataLoader
 
 from . import params as P
 from .datasets import PairBatchSampler, PairDataset
-from .device import autocast, resolve_device, resolve_precision, tune_for_training
-from .losses import InfoNCE
-from .models import build_model, model_transforms
-from .paths import run_dir
+from .device import autocast, data_workers, resolve_device, resolve_precision, tune_for_training
+from .losses import ContrastiveLoss
+from .metrics import METRICS
+from .models import build_model
+from .transforms import model_transforms
+from .run_folder import TRAIN, stage_dir, write_atomic
 from .progress import progress as progress_bar
 
 CHECKPOINT_FORMAT = "vici-train/1"
-METRICS = ("R@1", "R@5", "R@10", "AP")
 LOG_COLUMNS = ("epoch", "step", "loss", "lr", "temperature", "drone_rate", "eval_set", *METRICS, "seconds")
 
 
@@ -59,21 +60,7 @@ class TrainResult:
 
 # --- small helpers -----------------------------------------------------------------------------------
 def _save_atomic(obj, path: Path) -> None:
-    """Write to a temporary file and rename: an interrupted save never leaves a truncated checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def config_differences(stored: dict, cfg: P.Params) -> list[str]:
-    now = cfg.model_dump()
-    return [f"{k} ({stored.get(k)!r} -> {now[k]!r})" for k in P.TRAIN_KEYS if stored.get(k) != now[k]]
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _rng_state() -> dict:
@@ -98,12 +85,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def auto_workers(device: torch.device) -> int:
-    """DataLoader workers: several beside a GPU; on a small CPU decoding competes with the model."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8, cpus - 1) if device.type == "cuda" else min(4, cpus // 2)
-
-
 def lr_factor(step: int, steps_per_epoch: int, cfg: P.Params) -> float:
     """Linear warmup, then cosine to zero or VICI's per-epoch exponential decay (lr_gamma ** epoch)."""
     warm = cfg.warmup_epochs * steps_per_epoch
@@ -115,13 +96,13 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: P.Params) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total) / total))
 
 
-def _param_groups(modules, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and the temperature (1-D or scalar parameters)."""
+def _param_groups(modules, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """No weight decay on biases, norms and the temperature (1-D or scalar parameters), unless decay_all."""
     decay, no_decay = [], []
     for m in modules:
         for p in m.parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+                (decay if decay_all or p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -147,8 +128,8 @@ def pair_data(cfg: P.Params, model, dataset, train_ids=None, rank: int = 0, worl
     """The training pairs (with the model's training transforms) and the batch sampler that plans epochs."""
     if train_ids is None:
         train_ids, _ = dataset.split_buildings(cfg.val_fraction, cfg.seed)
-    pairs = PairDataset(train_ids, dataset.train, model_transforms(cfg, model, True, "street"),
-                        model_transforms(cfg, model, True, "satellite"))
+    pairs = PairDataset(train_ids, dataset.train, *(model_transforms(cfg, model, True, v)
+                                                    for v in ("street", "satellite", "drone")))
     sampler = PairBatchSampler(*pairs.counts(), cfg.batch_size, cfg.seed, cfg.drone_rate, cfg.drone_high_only,
                                cfg.street_sampling, rank, world)
     return pairs, sampler
@@ -183,7 +164,7 @@ def stored_result(train_dir: Path) -> Optional[TrainResult]:
 
 
 def _check_stored_config(stored: dict, cfg: P.Params, where: Path) -> None:
-    diff = config_differences(stored, cfg)
+    diff = P.config_differences(stored, cfg)
     if diff:
         raise TrainConfigError(f"{where} was trained with other parameters: {', '.join(diff)}. "
                                "Use another run_name, or resume: false to train this run again from scratch.")
@@ -192,7 +173,7 @@ def _check_stored_config(stored: dict, cfg: P.Params, where: Path) -> None:
 # --- training ----------------------------------------------------------------------------------------
 def train_step(fwd, loss_fn, opt, street: torch.Tensor, tile: torch.Tensor, device: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
-    """One optimiser step on a batch of (street, tile) pairs: forward under autocast, InfoNCE, backward, step.
+    """One optimiser step on a batch of (street, tile) pairs: forward under autocast, the loss, backward, step.
     Returns the loss tensor (reading it with .item() waits for the device)."""
     street = street.to(device, non_blocking=True, memory_format=torch.channels_last)
     tile = tile.to(device, non_blocking=True, memory_format=torch.channels_last)
@@ -213,7 +194,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
     """
     from .u1652 import open_dataset
 
-    train_dir = run_dir(cfg.run_name) / "train"
+    train_dir = stage_dir(cfg.run_name, TRAIN)
     rank, world, device = _setup_distributed(cfg)
     main = rank == 0
     last_path = train_dir / "last.pt"
@@ -246,16 +227,16 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device, memory_format=torch.channels_last)
-    loss_fn = InfoNCE(cfg.temperature, cfg.learnable_temperature).to(device)
+    loss_fn = ContrastiveLoss(cfg.temperature, cfg.learnable_temperature, cfg.loss).to(device)
 
     pairs, sampler = pair_data(cfg, model, dataset, train_ids, rank, world)
-    workers = auto_workers(device) if cfg.num_workers is None else cfg.num_workers
+    workers = data_workers(device, persistent=True) if cfg.num_workers is None else cfg.num_workers
     loader = DataLoader(pairs, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     steps_per_epoch = max(len(sampler), 1)
 
     # fused AdamW: one kernel for all parameters, on the GPU and (5x cheaper than foreach) on the CPU
-    opt = torch.optim.AdamW(_param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr, fused=True)
+    opt = torch.optim.AdamW(_param_groups([model, loss_fn], cfg.weight_decay, cfg.decay_norms_and_biases), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
 
     start_epoch, step, rows, best, seconds = 0, 0, [], {"epoch": None, "metrics": {}}, 0.0
@@ -279,7 +260,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
         if start_epoch == 0:  # a fresh start: files of an earlier attempt must not pass for this run's
             for name in ("result.json", "best.pt", "last.pt", "train_log.csv"):
                 (train_dir / name).unlink(missing_ok=True)
-        _write_text_atomic(train_dir / "config.yaml", P.to_yaml(cfg))
+        write_atomic(train_dir / "config.yaml", P.to_yaml(cfg))
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     bar = progress_bar(total=cfg.epochs * steps_per_epoch, initial=step, unit="step",
                        disable=not (progress and main), desc=f"epoch {start_epoch + 1}/{cfg.epochs}")
@@ -326,8 +307,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
                 _save_atomic({**header, "model": model.state_dict(), "loss": loss_fn.state_dict(),
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
                               "log": rows, "best": best, "seconds": seconds, "rng": _rng_state()}, last_path)
-            _write_text_atomic(train_dir / "train_log.csv",
-                               pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(index=False))
+            write_atomic(train_dir / "train_log.csv", pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(index=False))
         if world > 1:
             dist.barrier()
     bar.close()
@@ -336,7 +316,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
     result = TrainResult(train_dir, pd.DataFrame(rows, columns=list(LOG_COLUMNS)), best["epoch"], best["metrics"],
                          eval_set, seconds, epochs_now)
     if main and end_epoch == cfg.epochs and cfg.epochs > 0:
-        _write_text_atomic(train_dir / "result.json", json.dumps(
+        write_atomic(train_dir / "result.json", json.dumps(
             {"best_epoch": best["epoch"], "best": best["metrics"], "eval_set": eval_set, "seconds": seconds,
              "epochs": cfg.epochs}, indent=1))
     return result

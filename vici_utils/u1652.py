@@ -6,11 +6,13 @@
               query_street_name.txt                          (challenge layout, optional)
 
 Quirks honoured: empty building folders (google/ has 12, gallery_street/1209 is one), mixed .jpg/.jpeg,
-and the street -> satellite gallery keeps all 951 images, the 250 distractor buildings included.
+and the street -> satellite gallery keeps all 951 images, the 250 distractor buildings included. Hidden files
+and folders (names starting with '.', such as macOS's ._*.jpg AppleDouble files) are not data and are skipped.
 """
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,6 +28,10 @@ CHALLENGE_LIST = "query_street_name.txt"
 
 class DatasetError(ValueError):
     """The data root is not usable; the message names the path and what was expected there."""
+
+
+class DatasetWarning(UserWarning):
+    """Data that is usable but not as expected (a part skipped, queries that cannot be answered)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,12 @@ class RetrievalSet:
         return [g.building for g in self.gallery]
 
     @property
+    def buildings_without_gallery(self) -> list[str]:
+        """Query buildings with no gallery image (an empty gallery folder): their queries cannot be matched."""
+        have = set(self.gallery_ids)
+        return sorted({b for b in self.query_ids if b is not None and b not in have})
+
+    @property
     def distractors(self) -> list[str]:
         """Gallery buildings that no query asks for."""
         asked = set(self.query_ids)
@@ -68,15 +80,19 @@ class TrainSplit:
         return sorted(b for b in self.satellite if self.satellite[b] and self.street.get(b))
 
 
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if _is_image(p))
 
 
 def read_view(folder: Path) -> dict[str, list[Path]]:
     """building id -> sorted images; empty building folders stay (as empty lists) and never crash."""
     if not folder.is_dir():
         raise DatasetError(f"{folder}: missing folder (expected one sub-folder of images per building id)")
-    return {d.name: list_images(d) for d in sorted(folder.iterdir()) if d.is_dir()}
+    return {d.name: list_images(d) for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
 def _items(view: dict[str, list[Path]], name_of) -> list[ImageItem]:
@@ -110,6 +126,11 @@ class University1652:
         if not self.train.buildings:
             raise DatasetError(f"{train}: no building has both street/ and satellite/ images")
         self.test = self._read_test()
+        if self.test.buildings_without_gallery:
+            missing = self.test.buildings_without_gallery
+            warnings.warn(f"{self.root / 'test/gallery_satellite'}: {len(missing)} queried buildings have no gallery "
+                          f"image ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); their queries "
+                          "cannot be matched (see test.buildings_without_gallery)", DatasetWarning, stacklevel=2)
         self.challenge = self._read_challenge()
 
     # --- splits ---------------------------------------------------------------------------------
@@ -128,19 +149,23 @@ class University1652:
         qdir, gdir = test / CHALLENGE_QUERY_DIR, test / CHALLENGE_GALLERY_DIR
         if not qdir.is_dir() and not gdir.is_dir():
             return None
-        listing = next((p for p in (test / CHALLENGE_LIST, self.root / CHALLENGE_LIST, qdir / CHALLENGE_LIST)
-                        if p.is_file()), None)
-        if listing is None or not qdir.is_dir() or not gdir.is_dir():
-            raise DatasetError(f"{test}: incomplete challenge layout (expected {CHALLENGE_QUERY_DIR}/, "
-                               f"{CHALLENGE_GALLERY_DIR}/ and {CHALLENGE_LIST})")
-        files = {p.name: p for p in qdir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+        places = (test / CHALLENGE_LIST, self.root / CHALLENGE_LIST, qdir / CHALLENGE_LIST)
+        listing = next((p for p in places if p.is_file()), None)
+        absent = [str(p) for p, ok in ((qdir, qdir.is_dir()), (gdir, gdir.is_dir())) if not ok]
+        if listing is None:
+            absent.append(f"{CHALLENGE_LIST} (looked for {', '.join(map(str, places))})")
+        if absent:  # the challenge is optional: the test evaluation does not need it
+            warnings.warn(f"{test}: incomplete challenge layout, missing {'; '.join(absent)}; the challenge is "
+                          "skipped", DatasetWarning, stacklevel=3)
+            return None
+        files = {p.name: p for p in qdir.rglob("*") if _is_image(p)}
         names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
         missing = [n for n in names if n not in files]
         if missing:
             raise DatasetError(f"{listing}: {len(missing)} listed queries are not in {qdir} "
                                f"(first: {missing[0]})")
         queries = [ImageItem(files[n], None, n) for n in names]
-        gallery = [ImageItem(p, None, p.stem) for p in sorted(gdir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        gallery = [ImageItem(p, None, p.stem) for p in sorted(gdir.rglob("*")) if _is_image(p)]
         return RetrievalSet(queries, gallery)
 
     def split_buildings(self, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -198,6 +223,9 @@ def sample_image_sizes(paths: list[Path], n: int = 200, seed: int = 0) -> "pd.Da
     picked = rng.sample(paths, min(n, len(paths)))
     rows = []
     for p in picked:
-        with Image.open(p) as im:
-            rows.append({"width": im.width, "height": im.height})
+        try:
+            with Image.open(p) as im:
+                rows.append({"width": im.width, "height": im.height})
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DatasetError(f"{p}: cannot read this image ({e}); re-download or remove the file") from None
     return pd.DataFrame(rows)

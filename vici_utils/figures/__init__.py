@@ -1,38 +1,68 @@
-"""Figures for the notebooks, one module per notebook topic. Every figure says which data and model it shows."""
+"""Figures for the notebooks, one module per notebook topic. Every figure says which data and model it shows.
+
+The provenance lines (describe_*) live in vici_utils.provenance; they are re-exported here for the notebooks.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from ..provenance import describe_data, describe_model, describe_selection
+
+__all__ = ["describe_data", "describe_model", "describe_selection", "stamp"]
+
+STAMP_PT = 7          # font size of the stamp
+STAMP_GAP_IN = 0.08   # inches between the lowest drawn thing and the stamp, and under the stamp
 
 
-def describe_data(cfg) -> str:
-    if cfg.is_embedded:
-        return (f"embedded world (seed {cfg.world_seed}, {cfg.world_train_locations} train / "
-                f"{cfg.world_test_locations} test + {cfg.world_distractors} distractor locations, "
-                f"difficulty {cfg.world_difficulty:g})")
-    return f"University-1652 at {Path(cfg.data_root).name or cfg.data_root}"
+def _renderer(fig):
+    canvas = fig.canvas
+    if not hasattr(canvas, "get_renderer"):  # a backend without one: measure with Agg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+    return canvas.get_renderer()
 
 
-def describe_model(cfg) -> str:
-    if cfg.init_checkpoint and cfg.epochs == 0:
-        weights = f"checkpoint {Path(cfg.init_checkpoint).name}"
-    elif cfg.pretrained is True:
-        weights = "hub weights"
-    elif isinstance(cfg.pretrained, str):
-        weights = f"weights {Path(cfg.pretrained).name}"
-    else:
-        weights = "from scratch"
-    towers = "shared tower" if cfg.shared_towers else "two towers"
-    return f"{cfg.backbone} ({weights}, {towers}, {cfg.image_size or 'native'} px, drone P={cfg.drone_rate:g})"
+def _content_bottom(fig, renderer) -> float:
+    """Lowest point, in inches from the figure's bottom edge, of anything drawn (axes with their labels and
+    ticks, figure texts, figure legends); negative when something already hangs below the figure."""
+    for a in fig.axes:
+        a.apply_aspect()  # images shrink their axes to keep square pixels; measure what will be drawn
+    boxes = [a.get_tightbbox(renderer) for a in fig.axes if a.get_visible()]
+    boxes += [t.get_window_extent(renderer) for t in fig.texts if t.get_visible() and t.get_text()]
+    boxes += [lg.get_window_extent(renderer) for lg in fig.legends]
+    lows = [b.y0 for b in boxes if b is not None and b.height > 0]
+    return min(lows) / fig.dpi if lows else 0.0
+
+
+def _grow_bottom(fig, inches: float) -> None:
+    """Add `inches` at the bottom of the figure (remove them when negative), keeping every axes and figure
+    text where it is relative to the top: their sizes in inches do not change."""
+    w, h = fig.get_size_inches()
+    new_h = h + inches
+    fig.set_size_inches(w, new_h, forward=False)
+    for ax in fig.axes:
+        p = ax.get_position()
+        ax.set_position([p.x0, (p.y0 * h + inches) / new_h, p.width, p.height * h / new_h])
+    for t in fig.texts:
+        x, y = t.get_position()
+        t.set_position((x, (y * h + inches) / new_h))
 
 
 def stamp(fig, cfg, model: str | None = None, data: str | None = None):
     """Write 'data: ... | model: ... | run: ...' under a figure, so a figure copied out of context still says
-    where it came from. Pass model='' for figures of data alone."""
+    where it came from. Pass model='' for figures of data alone.
+
+    The figure is made taller or shorter at the bottom so that the stamp sits just under the lowest label:
+    no overlap, and no band of empty space above it (a fixed fraction of a tall figure wasted inches)."""
     model = describe_model(cfg) if model is None else model
     parts = [f"data: {data or describe_data(cfg)}"]
     if model:
         parts.append(f"model: {model}")
     parts.append(f"run: {cfg.run_name}")
-    fig.text(0.01, 0.005, " | ".join(parts), fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
-    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.12))
+    renderer = _renderer(fig)
+    bottom = _content_bottom(fig, renderer)
+    label = fig.text(0.01, 0.0, " | ".join(parts), fontsize=STAMP_PT, color="0.35", ha="left", va="bottom",
+                     wrap=True)
+    height = label.get_window_extent(renderer).height / fig.dpi   # wrapped to the figure's width
+    _grow_bottom(fig, height + 2 * STAMP_GAP_IN - bottom)
+    label.set_position((0.01, STAMP_GAP_IN / fig.get_figheight()))
     return fig

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import textwrap
+from io import BytesIO
 
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
 
-from ..rerank.fusion import RULES
+from ..rerank.fusion import FUSIONS
 from ..rerank.report import describe_reranker
 from ..u1652 import load_image
 from . import describe_model, stamp
@@ -25,7 +27,7 @@ def _finish(fig, cfg, **layout):
 def before_after_plot(result, cfg):
     """R@1 / R@5 / R@10 of the retrieval and of every fusion rule, with the top-K ceiling on R@1."""
     m = result.metrics
-    rows = ["retrieval", *RULES]
+    rows = ["retrieval", *FUSIONS]
     ks = ["R@1", "R@5", "R@10"]
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(rows)
@@ -88,13 +90,15 @@ def wins_and_losses(result, cfg, n: int = 2):
         for c, g in enumerate(order):
             name = feats["gallery_names"][g]
             was = o.candidates.index(name) + 1
+            own = o.order.index(was - 1) + 1  # the re-ranker's own rank of it, before fusion
             correct = feats["gallery_ids"][g_index[name]] == truth
-            _thumb(axes[r][c + 1], feats["gallery_paths"][g], f"{c + 1} (was {was})", "tab:green" if correct else None)
+            _thumb(axes[r][c + 1], feats["gallery_paths"][g], f"{c + 1} (ret. {was}, re-r. {own})",
+                   "tab:green" if correct else None)
         note = textwrap.shorten(o.note, 230, placeholder=" ...")
-        axes[r][0].text(0, -0.22, textwrap.fill(f"reason: {note}", 150), transform=axes[r][0].transAxes,
-                        fontsize=7, va="top", ha="left")
-    fig.suptitle(f"wins and losses of '{rule}': candidates in the new order (retrieval rank in brackets), "
-                 "true match in green", fontsize=10)
+        axes[r][0].text(0, -0.22, textwrap.fill(f"re-ranker's own order, before fusion: {note}", 150),
+                        transform=axes[r][0].transAxes, fontsize=7, va="top", ha="left")
+    fig.suptitle(f"wins and losses of '{rule}': candidates in the fused order, with their retrieval rank (ret.) "
+                 "and the re-ranker's own rank (re-r.); true match in green", fontsize=10)
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.8 / height, bottom=0.75 / height, wspace=0.06,
                         hspace=0.75)
@@ -137,3 +141,32 @@ def rank_moves(result, cfg):
     ax.set(xticks=ticks, xticklabels=ticks + 1, yticks=ticks, yticklabels=ticks + 1, xlabel=f"rank after '{rule}'",
            ylabel="rank after retrieval", title="true match: before -> after\n(below the diagonal = moved up)")
     return _finish(fig, cfg)
+
+
+def request_sheet(request, cfg, answer: dict | None = None):
+    """One re-ranking request as the model receives it: the prompt's text, the ground photo and the numbered
+    satellite images in the order sent (thumbnails of the bytes actually sent), and the parsed answer below."""
+    images = [p for p in request.parts if not isinstance(p, str)]
+    k = len(images) - 1
+    cols = min(k + 1, 6)
+    rows = -(-(k + 1) // cols)  # rows of thumbnails
+    fig = plt.figure(figsize=(1.9 * cols, 1.75 * rows + 2.4))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.6] + [1] * rows)
+    text_ax = fig.add_subplot(grid[0, :])
+    text_ax.axis("off")
+    texts = [p for p in request.parts if isinstance(p, str)]
+    shown = textwrap.fill(texts[0], 150) + "\n\n" + textwrap.fill(texts[-1].replace("\n", " "), 150)
+    text_ax.text(0, 1, shown, fontsize=6.5, va="top", ha="left", family="monospace")
+    for i, part in enumerate(images):
+        ax = fig.add_subplot(grid[1 + i // cols, i % cols])
+        ax.imshow(Image.open(BytesIO(part.data)).convert("RGB"))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = "Ground photo" if i == 0 else f"Satellite image {i}"
+        ax.set_title(f"{label}\n{len(part.data) / 1024:.0f} KB {part.mime.split('/')[-1]}", fontsize=7)
+    if answer:
+        fig.text(0.01, 0.01, textwrap.fill("answer as parsed: " + "; ".join(f"{k}: {v}" for k, v in answer.items()),
+                                           170), fontsize=7, va="bottom")
+    fig.suptitle(f"one request: query {request.query_name}, {k} candidates in retrieval order", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    return stamp(fig, cfg, model=_model(cfg))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..datasets import SATELLITE, PairKey, drone_choices
+from ..datasets import SATELLITE, PairKey, decode_image, drone_choices
+from ..transforms import model_transforms
 from . import stamp
 
 
@@ -37,7 +39,7 @@ def drone_mixing(pairs, model, cfg, n: int = 4, seed: int = 0):
     if not rows:
         raise ValueError("drone_mixing: no training building has drone images")
     dc = model.data_config
-    fig, axes = plt.subplots(len(rows), 5, figsize=(8.5, 2.1 * len(rows) + 0.6), squeeze=False,
+    fig, axes = plt.subplots(len(rows), 5, figsize=(8.5, 1.95 * len(rows) + 0.8), squeeze=False,
                              gridspec_kw={"hspace": 0.45})
     for ax_row, b in zip(axes, rows):
         n_drone = len(pairs.drone[b])
@@ -51,19 +53,26 @@ def drone_mixing(pairs, model, cfg, n: int = 4, seed: int = 0):
         ax_row[1].imshow(to_image(sat, dc))
         for ax, key in zip(ax_row[2:], keys[1:]):
             _, tile, *_ = pairs[key]
-            _bare(ax, f"drone {key.drone + 1}/{n_drone}", "#d73027")
+            _bare(ax, f"drone {key.drone + 1}/{n_drone}\n(p = {cfg.drone_rate / allowed:.2f} each)", "#d73027")
             ax.imshow(to_image(tile, dc))
     only = "the high first third of " if cfg.drone_high_only else ""
     fig.suptitle(f"Drone mixing: with probability {cfg.drone_rate:g} the satellite tile (green) is replaced by one "
                  f"of {only}the building's drone views (red)", fontsize=9)
-    fig.subplots_adjust(top=0.9, bottom=0.08, left=0.02, right=0.98, wspace=0.08)
+    fig.subplots_adjust(top=1 - 0.85 / fig.get_figheight(), bottom=0.02, left=0.02, right=0.98, wspace=0.08)
     return stamp(fig, cfg, model="")
 
 
+# One colour scale for every similarity matrix, so that before/after training compare by colour. Cosines of
+# these embeddings lie mostly in 0..1; a negative one shows in the colour of 0 (its number is printed anyway).
+SIMILARITY_RANGE = (0.0, 1.0)
+
+
 @torch.no_grad()
-def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg, title: str, temperature: float = 0.1):
+def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg, title: str, temperature: float = 0.1,
+                      vrange: tuple[float, float] = SIMILARITY_RANGE):
     """The InfoNCE picture for one batch: cosine similarities street x satellite, thumbnails on the axes,
-    and the softmax of row i that the loss pushes towards its diagonal cell."""
+    and the softmax of row i that the loss pushes towards its diagonal cell. The colour scale is fixed
+    (`vrange`, 0 to 1 by default), so matrices before and after training compare by colour."""
     was_training = model.training
     model.eval()
     s, g = model(street, satellite)
@@ -82,7 +91,7 @@ def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg,
         ax.imshow(to_image(satellite[i], dc))
         _bare(ax)
     ax = fig.add_subplot(grid[1:, 1:n + 1])
-    im = ax.imshow(sim, cmap="viridis")  # the matrix's own range: an untrained model has all cosines near 1
+    im = ax.imshow(sim, cmap="viridis", vmin=vrange[0], vmax=vrange[1])
     for i in range(n):
         ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec="w", lw=1.5))
     p = np.exp((sim - sim.max(1, keepdims=True)) / temperature)
@@ -90,41 +99,67 @@ def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg,
     for i in range(n):
         for j in range(n):
             ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="k" if sim[i, j] > (sim.min() + sim.max()) / 2 else "w")
+                    color="k" if sim[i, j] > sum(vrange) / 2 else "w")
     _bare(ax)
     cax = fig.add_subplot(grid[1:, n + 1])
-    fig.colorbar(im, cax=cax, label="cosine similarity")
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
+        (bool(sim.min() < vrange[0]), bool(sim.max() > vrange[1])), "neither")
+    fig.colorbar(im, cax=cax, extend=extend,
+                 label=f"cosine similarity (the same scale, {vrange[0]:g} to {vrange[1]:g}, in every matrix)")
     correct = float(np.mean(sim.argmax(1) == np.arange(n)))
-    fig.suptitle(f"{title}: white squares = same building\nthe row softmax at T = {temperature:.3g} puts "
-                 f"{np.mean(np.diag(p)):.0%} on them; the top-1 tile is right for {correct:.0%} of the rows", fontsize=9)
+    fig.suptitle(f"{title}: white squares = same building; cosines {sim.min():.2f} to {sim.max():.2f}\n"
+                 f"the row softmax at T = {temperature:.3g} puts {np.mean(np.diag(p)):.0%} on them; the top-1 tile is "
+                 f"right for {correct:.0%} of the rows (chance: 1/{n} = {1 / n:.0%})", fontsize=9)
     fig.text(0.02, 0.5, "street photos (rows)", rotation=90, va="center", fontsize=8)
     fig.text(0.5, 0.9, "satellite tiles (columns)", ha="center", fontsize=8)
     return stamp(fig, cfg)
 
 
-def curves(log, cfg, batch_size: int | None = None):
-    """Loss (with the chance level log B), validation recall, and the learned temperature per epoch."""
+RECALL_COLOURS = {"R@1": "#1a9850", "R@5": "#66bd63", "R@10": "#a6d96a"}
+
+
+def _eval_name(which: str) -> str:
+    return "held-out train buildings" if which == "val" else "TEST set (select_on: test)"
+
+
+def _selected(log):
+    """The checked epoch with the best R@1 (the first one on ties): the epoch best.pt holds."""
+    val = log.dropna(subset=["R@1"])
+    return val.loc[val["R@1"].idxmax()] if len(val) else None
+
+
+def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = None):
+    """Loss (with the chance level log B), recall on the checked set with its chance level (k / val_gallery, when
+    the gallery size is given), and the learned temperature per epoch."""
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(12, 3.6))
-    ax.plot(log["epoch"], log["loss"], color="#2166ac")
+    ax.plot(log["epoch"], log["loss"], color="#2166ac", label="training loss")
     b = batch_size or cfg.batch_size
-    ax.axhline(math.log(b), color="0.5", ls=":", lw=1)
-    ax.text(log["epoch"].iloc[0], math.log(b), f"chance: log {b}", fontsize=8, va="bottom", color="0.4")
+    ax.axhline(math.log(b), color="0.5", ls=":", lw=1, label=f"chance: log {b} = {math.log(b):.2f}")
+    ax.set_ylim(0, max(math.log(b), log["loss"].max()) * 1.15)
+    ax.legend(fontsize=7, loc="lower left")   # a label in the legend cannot sit on the curve
     ax.set_xlabel("epoch")
     ax.set_ylabel("InfoNCE loss")
     ax.set_title("training loss")
     val = log.dropna(subset=["R@1"])
     which = val["eval_set"].iloc[0] if len(val) else cfg.select_on
-    for k, c in (("R@1", "#1a9850"), ("R@5", "#66bd63"), ("R@10", "#a6d96a")):
+    for k, c in RECALL_COLOURS.items():
         bx.plot(val["epoch"], val[k], "o-", color=c, ms=3, label=k)
-    if len(val):
-        best = val.loc[val["R@1"].idxmax()]
-        bx.axvline(best["epoch"], color="0.5", ls="--", lw=1)
-        bx.text(best["epoch"], 2, f" best R@1 {best['R@1']:.1f}", fontsize=8)
+        if val_gallery:
+            kk = int(k[2:])
+            bx.axhline(100 * min(kk, val_gallery) / val_gallery, color=c, ls=":", lw=1.2)
+    best = _selected(log)
+    if best is not None:
+        bx.axvline(best["epoch"], color="0.5", ls="--", lw=1,
+                   label=f"best R@1: {best['R@1']:.1f} at epoch {int(best['epoch'])}")
+    bx.set_xlim(ax.get_xlim())   # the same epochs as the loss panel, even with a single check
     bx.set_xlabel("epoch")
     bx.set_ylabel("%")
     bx.set_ylim(0, 100)
-    bx.legend(fontsize=8, loc="upper left")
-    bx.set_title(f"recall on the {'held-out train buildings' if which == 'val' else 'TEST set (select_on: test)'}")
+    if val_gallery:
+        bx.plot([], [], color="0.4", ls=":", lw=1.2, label="chance (k / tiles)")
+    bx.legend(fontsize=7, loc="best")
+    size = f", {val_gallery} tiles" if val_gallery else ""
+    bx.set_title(f"recall on the {_eval_name(which)}{size}", fontsize=10)
     cx.plot(log["epoch"], log["temperature"], color="#762a83", label="temperature")
     cx.set_xlabel("epoch")
     cx.set_ylabel("temperature T", color="#762a83")
@@ -136,15 +171,62 @@ def curves(log, cfg, batch_size: int | None = None):
     cx.set_title("temperature and drone rate")
     for a in (ax, bx, cx):
         a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout()
+    return stamp(fig, cfg)
+
+
+def val_and_test(log, val_gallery: int, test_metrics: dict, cfg):
+    """Validation and test recall side by side, each with its chance level and gallery size. Left: R@1/5/10 of
+    the selected epoch on the checked set and on the test set, chance as a dashed mark over each bar. Right: the
+    same recalls against k as a share of each gallery (R@10 of 40 tiles inspects a quarter of the gallery, R@10
+    of 200 tiles a twentieth), with the test CMC as a curve when `test_metrics` holds it.
+    test_metrics: notebook 03's metrics (R@1, R@5, R@10, n_gallery; optionally cmc)."""
+    best = _selected(log)
+    n_test = int(test_metrics["n_gallery"])
+    ks = [int(k[2:]) for k in RECALL_COLOURS]
+    sets = []
+    if best is not None:
+        which = "validation" if best["eval_set"] == "val" else "test, as used for selection"
+        sets.append((f"{which} (epoch {int(best['epoch'])})", val_gallery, [best[f"R@{k}"] for k in ks], "#1a9850"))
+    sets.append(("test (notebook 03)", n_test, [test_metrics[f"R@{k}"] for k in ks], "#2166ac"))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.1, 1]})
+    width = 0.8 / len(sets)
+    for i, (name, n, values, colour) in enumerate(sets):
+        xs = np.arange(len(ks)) + (i - (len(sets) - 1) / 2) * width
+        chance = [100 * min(k, n) / n for k in ks]
+        bars = ax.bar(xs, values, width * 0.95, color=colour,
+                      label=f"{name}: {n} tiles, chance {' / '.join(f'{c:.3g}' for c in chance)} %")
+        for bar, v in zip(bars, values):   # inside a tall bar, above a short one: clear of the chance mark
+            tall = v >= 12
+            ax.text(bar.get_x() + bar.get_width() / 2, v / 2 if tall else v + 1.5, f"{v:.1f}", ha="center",
+                    va="center" if tall else "bottom", fontsize=8, color="white" if tall else colour,
+                    fontweight="bold")
+        ax.hlines(chance, xs - width / 2, xs + width / 2, colors="k", linestyles="--", lw=1.5)
+    ax.plot([], [], "k--", lw=1.5, label="chance = k / tiles in the gallery")
+    ax.set(xticks=range(len(ks)), xticklabels=[f"R@{k}" for k in ks], ylim=(0, 112), ylabel="%")
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("R@1 / R@5 / R@10 of the selected weights; dashed: chance", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    if "cmc" in test_metrics:
+        cmc = np.asarray(test_metrics["cmc"])[:n_test]
+        share = 100 * np.arange(1, n_test + 1) / n_test
+        bx.plot(share, cmc, color="#2166ac", lw=1.2, label="test: R@k for every k")
+    for name, n, values, colour in sets:
+        bx.plot([100 * k / n for k in ks], values, "o", color=colour, ms=6, mec="white",
+                label=f"{name}: R@1, 5, 10")
+    diagonal = np.geomspace(0.01, 100, 200)   # a straight y = x bends on a log x axis: draw it point by point
+    bx.plot(diagonal, diagonal, color="0.5", ls=":", label="chance (R@k = k / tiles)")
+    bx.set_xscale("log")
+    bx.set(xlim=(100 / max(n_test, val_gallery or 1) / 1.5, 100), ylim=(0, 101),
+           xlabel="k as a share of the gallery (%)", ylabel="R@k (%)")
+    bx.set_title("the same recalls against the share of the gallery inspected", fontsize=10)
+    bx.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
     return stamp(fig, cfg)
 
 
 def eval_batch(retrieval_set, model, cfg, n: int = 8, seed: int = 0):
     """(street, satellite) tensors of n distinct buildings of a RetrievalSet, with the eval transforms."""
-    from ..datasets import decode_image
-    from ..models import model_transforms
-
     first_query = {}
     for q in retrieval_set.queries:
         first_query.setdefault(q.building, q)

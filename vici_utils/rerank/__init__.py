@@ -3,15 +3,18 @@
     from vici_utils.rerank import run_rerank
     result = run_rerank(cfg)   # writes outputs/<run_name>/rerank/
 
-Modules: prompt (what the model is asked and shown), schema (the answer and its checks), backends (Gemini,
-OpenAI-compatible), limits (rate limit, retries), cache (stored answers), ask (the worker pool),
-kreciprocal (the offline re-ranker), fusion, pricing, run (orchestration), report (notebook tables).
-Names are imported on first use, so image-encoding worker processes import only what they need.
+Modules: rerankers (the re-ranker interface and registry), backends (Gemini, OpenAI-compatible), kreciprocal
+(the offline re-ranker), ask (the worker pool of network re-rankers), prompt (what the model is asked and
+shown), schema (the answer and its checks), limits (rate limit, retries), cache (stored answers), fusion (the
+fusion rules), redaction (secrets out of everything shown or written), pricing, run (orchestration), report
+(notebook tables). Names are imported on first use, so image-encoding worker processes import only what they
+need, and `params` can read the registries without an import circle.
 """
 from importlib import import_module
 
 _EXPORTS = {"run_rerank": "run", "RerankResult": "run", "load_features": "run", "metrics_table": "run",
-            "RerankError": "backends", "RetryPolicy": "limits"}
+            "RerankError": "rerankers", "RERANKERS": "rerankers", "make_reranker": "rerankers",
+            "FUSIONS": "fusion", "RetryPolicy": "limits", "redact": "redaction", "redact_url": "redaction"}
 __all__ = list(_EXPORTS)
 
 

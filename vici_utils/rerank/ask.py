@@ -3,31 +3,44 @@
 `vlm_concurrency` workers each hold at most one request in flight and take a token from the
 requests-per-minute bucket before every send. Per request:
   1. a stored usable answer is reused (no request at all);
-  2. otherwise it is sent; transport failures (429, 5xx, timeouts) are retried with backoff and, if
-     they persist, the request gives up for this run (not stored: a rerun tries again);
+  2. otherwise it is sent; transport failures (429, 5xx, timeouts, bodies that are not the protocol) are
+     retried with backoff and, if they persist, the request gives up for this run (not stored: a rerun
+     tries again);
   3. every answer that arrives is stored, usable or not; an unusable one (empty, fenced, truncated,
-     off-schema, bad ranking) is asked again, up to vlm_max_retries times counting earlier runs' tries.
+     off-schema, bad ranking) is asked again, up to vlm_max_retries times in this run. Stored unusable
+     answers are kept for the record only: a later run (after the server or model was fixed) asks again.
 A fatal error (bad key, unknown model) stops every worker; answers already stored stay stored. So does a
-long streak of requests that all gave up, which means the server is down rather than one query unlucky.
+streak of requests that all gave up, which means the server is down (or not speaking the protocol) rather
+than one query unlucky.
+
+`VLMReranker` is the re-ranker interface (rerankers.py) for every network backend: a backend only adds
+`send`, `aclose`, `settings` (its cache-key part) and `url` (for messages, no credentials).
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .backends import RerankError, redact
+import numpy as np
+
+from . import fusion
 from .cache import AnswerCache, request_key
 from .limits import RetryPolicy, TokenBucket, TransientError, with_retries
-from .prompt import Request
+from .prompt import ImageEncoder, Request, build_request
+from .redaction import redact
+from .rerankers import QueryOutcome, Reranked, RerankError, RerankJob
 from .schema import AnswerFault, parse_answer
 
 log = logging.getLogger("vici_utils.rerank")
 
 ABORT_AFTER_GIVE_UPS = 10  # consecutive requests that exhausted their transport retries: the server is down
+ANSWER_TEXT = ("summary_ground_image", "summary_satellite_images", "reason")
 
 
 @dataclass
@@ -46,6 +59,7 @@ class Asker:
         self.backend, self.cache, self.policy = backend, cache, policy
         self.bucket = TokenBucket(rpm)
         self.stats = AskStats()
+        self.abort_after = ABORT_AFTER_GIVE_UPS  # ask_all lowers it for runs with fewer requests
         self._give_up_streak = 0
 
     async def _send(self, request: Request):
@@ -65,7 +79,7 @@ class Asker:
         if stored is not None:
             self.stats.cached += 1
             return {**stored, "cached": True}
-        faults = [r["fault"] for r in self.cache.faults(key)]
+        faults = []  # this run's unusable answers only: stored ones are a record, not spent retries
         while len(faults) <= self.policy.max_retries:
             try:
                 reply = await with_retries(lambda: self._send(request), self.policy,
@@ -73,11 +87,12 @@ class Asker:
             except TransientError as e:
                 self.stats.gave_up += 1
                 self._give_up_streak += 1
-                if self._give_up_streak >= ABORT_AFTER_GIVE_UPS:
+                if self._give_up_streak >= self.abort_after:
                     raise RerankError(redact(
-                        f"{self.backend.name} backend: {self._give_up_streak} requests in a row failed after "
-                        f"{self.policy.max_retries + 1} attempts each (last: {e}). The server looks down or "
-                        "overloaded; stopping. Stored answers are kept: rerun later to resume.")) from None
+                        f"{self.backend.name} backend at {self.backend.url}: {self._give_up_streak} requests in a "
+                        f"row failed after {self.policy.max_retries + 1} attempts each (last: {e}). The server looks "
+                        "down, overloaded or not a server of this protocol; stopping. Stored answers are kept: "
+                        "rerun later to resume.")) from None
                 return {"ok": False, "fault": f"transport: {e} (gave up after {self.policy.max_retries + 1} "
                         "attempts)", "cached": False, "key": key}
             self._give_up_streak = 0
@@ -116,6 +131,7 @@ async def ask_all(asker: Asker, jobs: list, build: Callable[[object], Request], 
     `concurrency` workers; returns {job: record}. A RerankError in any worker stops them all."""
     results: dict = {}
     todo = iter(jobs)  # one shared iterator: each job is taken by exactly one worker
+    asker.abort_after = max(1, min(ABORT_AFTER_GIVE_UPS, len(jobs)))
 
     def prepare():
         job = next(todo, None)
@@ -123,23 +139,166 @@ async def ask_all(asker: Asker, jobs: list, build: Callable[[object], Request], 
 
     async def worker():
         upcoming = prepare()
-        while upcoming is not None:
-            job, request = upcoming
-            request = await request
-            upcoming = prepare()  # encode the next request's images while this one is in flight
-            results[job] = await asker.ask(request)
-            if on_done:
-                on_done(job, results[job])
+        try:
+            while upcoming is not None:
+                job, request = upcoming
+                request = await request
+                upcoming = prepare()  # encode the next request's images while this one is in flight
+                results[job] = await asker.ask(request)
+                if on_done:
+                    on_done(job, results[job])
+        finally:
+            if upcoming is not None:  # stopped early: do not leave an encoding future unobserved
+                upcoming[1].cancel()
 
+    error = None
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(concurrency, len(jobs))):
                 group.create_task(worker())
-    except BaseExceptionGroup as group_error:  # surface the one error that stopped the workers, fatal first
+    except BaseExceptionGroup as group_error:  # the one error that stopped the workers, fatal first
         errors = _leaves(group_error)
-        raise next((e for e in errors if isinstance(e, RerankError)), errors[0]) from None
+        error = next((e for e in errors if isinstance(e, RerankError)), errors[0])
+    if error is not None:
+        # Raised here, after the except block: raised inside it, the error would get the group (which holds
+        # the error itself) as its context, and a notebook reports such a cycle as an empty message.
+        raise _with_message(error)
     return results
+
+
+def _with_message(error: BaseException) -> BaseException:
+    """`error`, or a RerankError that says what it was when its own message is empty (TimeoutError())."""
+    if str(error).strip():
+        return error
+    wrapped = RerankError(f"re-ranking stopped by {type(error).__name__} (no message: {error!r}) in a worker; "
+                          "the chained traceback shows where")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return [x for e in group.exceptions for x in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
+
+
+def run_coroutine(coro):
+    """asyncio.run, also from inside Jupyter (whose event loop is already running): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def permutations(k: int, n: int, seed: int, query: int) -> list[list[int]]:
+    """n presented orders for one query: the retrieval order, then seeded shuffles (distinct where possible)."""
+    orders = [list(range(k))]
+    rng = np.random.default_rng([seed, query])
+    for _ in range(n - 1):
+        for _attempt in range(20):
+            order = rng.permutation(k).tolist()
+            if order not in orders:
+                break
+        orders.append(order)
+    return orders
+
+
+class VLMReranker:
+    """A re-ranker that asks a vision-language model over the network (see rerankers.Reranker). Subclasses
+    set name, model, url and settings in __init__ (checking keys and URLs there) and implement send/aclose."""
+    name: str
+    model: str
+    url: str           # the endpoint, for messages (no credentials)
+    settings: dict     # everything that shapes an answer: part of every cache key
+    sees_order = True  # the candidates reach the model in an order it may favour (position bias)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @staticmethod
+    def describe(cfg) -> str:
+        perms = f", {cfg.vlm_permutations} orders" if cfg.vlm_permutations > 1 else ""
+        return f"{cfg.rerank_backend} {cfg.vlm_model} (top {cfg.rerank_top_k}{perms})"
+
+    async def send(self, request: Request):
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+    def _paths(self, job: RerankJob):
+        f = job.features
+        return {q: [f["query_paths"][q], *(f["gallery_paths"][g] for g in job.ranking[q, :job.k])]
+                for q in range(len(job.ranking))}
+
+    def check(self, job: RerankJob) -> None:
+        """Every image the run will send exists (before any request is paid for)."""
+        missing = sorted({p for paths in self._paths(job).values() for p in paths if not p or not os.path.isfile(p)},
+                         key=str)
+        if missing:
+            raise RerankError(f"{len(missing)} image(s) listed in retrieval/features.npz are missing, e.g. "
+                              f"{', '.join(map(str, missing[:3]))}. Restore the dataset (data_root) or rerun "
+                              "notebook 03_retrieval for this run.")
+
+    def rerank(self, job: RerankJob) -> Reranked:
+        from ..progress import progress as progress_bar
+
+        cfg, f, k = job.cfg, job.features, job.k
+        policy = job.retry or RetryPolicy(max_retries=cfg.vlm_max_retries)
+        encoder = ImageEncoder()
+        cache = AnswerCache(job.out_dir / "cache.jsonl")
+        paths = self._paths(job)
+        orders = {q: permutations(k, cfg.vlm_permutations, cfg.seed, q) for q in paths}
+        jobs = [(q, p) for q in paths for p in range(cfg.vlm_permutations)]
+
+        def build(item):
+            q, p = item
+            candidate_paths = paths[q][1:]
+            return build_request(q, f["query_names"][q], paths[q][0], job.candidates(q), candidate_paths,
+                                 orders[q][p], p, cfg.vlm_image_size, encoder)
+
+        encoder.plan((path for q, _ in jobs for path in paths[q]), cfg.vlm_image_size)
+        bar = progress_bar(total=len(jobs), desc=f"re-ranking ({self.name} {self.model})",
+                           disable=not job.show_progress)
+        asker = Asker(self, cache, policy, cfg.vlm_rpm)
+
+        def done(item, record):
+            bar.update()
+            s = asker.stats
+            bar.set_postfix(sent=s.sent, cached=s.cached, invalid=s.invalid, gave_up=s.gave_up, refresh=False)
+
+        async def main():
+            try:
+                return await ask_all(asker, jobs, build, cfg.vlm_concurrency, done)
+            finally:
+                await self.aclose()
+
+        try:
+            records = run_coroutine(main())
+        finally:
+            bar.close()
+            cache.close()
+            encoder.close()
+        outcomes = [self._outcome(job, q, orders[q], [records[(q, p)] for p in range(len(orders[q]))])
+                    for q in paths]
+        return Reranked(outcomes, self.model, asker.stats)
+
+    @staticmethod
+    def _outcome(job: RerankJob, q: int, orders: list[list[int]], records: list[dict]) -> QueryOutcome:
+        """One query's answers (one per presented order) aggregated by mean rank, or its retrieval order."""
+        cand = job.candidates(q)
+        answers, good = [], []
+        for p, (order, r) in enumerate(zip(orders, records)):
+            answers.append({"permutation": p, "presented": [cand[i] for i in order], "ranking": r.get("ranking"),
+                            "ok": r["ok"], "fault": r.get("fault"), "cached": r.get("cached", False),
+                            "model_version": r.get("model_version"), "usage": r.get("usage", {}),
+                            "latency_s": r.get("latency_s"),
+                            **{key: r.get(key) for key in ANSWER_TEXT if r["ok"]}})
+            if r["ok"]:
+                good.append((fusion.to_positions(r["ranking"], order), r))
+        name = job.features["query_names"][q]
+        if good:
+            rank = fusion.mean_rank([g for g, _ in good], job.k)
+            return QueryOutcome(q, name, cand, np.argsort(rank).tolist(), "ok", good[0][1].get("reason", ""), answers)
+        faults = "; ".join(f"order {a['permutation']}: {a['fault']}" for a in answers)
+        return QueryOutcome(q, name, cand, list(range(job.k)), "fallback", f"kept retrieval order: {faults}", answers)

@@ -2,12 +2,13 @@
 
 One JSON object per line, flushed and fsynced as each answer arrives: a killed run loses at most the
 requests in flight, and a rerun (or a resumed run) finds every stored answer by its key. The key hashes
-everything that determines the answer: backend, model, generation settings, prompt text and image bytes.
+everything that determines the answer: backend, server (base URL without credentials), model, generation
+settings, prompt text and image bytes; so answers of one server or model are never reused for another.
 A line torn by a kill is skipped on reading, and the next write starts on a fresh line.
 
-Every arrived answer is stored, unusable ones too (with their fault), so a resumed run knows how many
-attempts a request has already had. Transport failures (429, 5xx, timeouts) are not answers and are not
-stored: a rerun tries those requests again.
+Every arrived answer is stored, unusable ones too (with their fault), for the record: only usable
+answers are reused, so a rerun asks again for every request that has none. Transport failures (429, 5xx,
+timeouts, bodies that are not the protocol) are not answers and are not stored.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from .backends import redact
+from .redaction import redact
 from .prompt import Request
 
 
@@ -63,6 +64,7 @@ class AnswerCache:
             self._file = open(self.path, "a", encoding="utf-8")
             if self._needs_newline:
                 self._file.write("\n")
+        # answers arrive redacted (backends.Reply); this catches anything else a record picked up
         self._file.write(redact(json.dumps(record, ensure_ascii=False)) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -15,10 +15,13 @@ modality on its own mean (over all queries, over all gallery images; no labels) 
 the graph is built. `centre=False` gives the published algorithm.
 
 Everything is vectorised over the (queries + gallery) graph: a few seconds for 2,579 x 951 on a laptop.
+`KReciprocalReranker` is rerank_backend: kreciprocal (parameters kr_k1, kr_k2, kr_lambda).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .rerankers import Reranked, RerankJob, outcomes_from_orders
 
 
 def _sq_distances(feats: np.ndarray) -> np.ndarray:
@@ -90,3 +93,34 @@ def kreciprocal_distances(query: np.ndarray, gallery: np.ndarray, k1: int = 20, 
         jaccard[i] = 1.0 - shared / (2.0 - shared)
     original = dist[:nq, nq:]
     return (1.0 - lam) * jaccard + lam * original, original
+
+
+class KReciprocalReranker:
+    """Offline re-ranker: the top K of each query sorted by k-reciprocal distance. Uses the features only
+    (all queries and all gallery images, no labels)."""
+    name = "kreciprocal"
+
+    def __init__(self, cfg):
+        self.k1, self.k2, self.lam = cfg.kr_k1, cfg.kr_k2, cfg.kr_lambda
+
+    @staticmethod
+    def describe(cfg) -> str:
+        return f"k-reciprocal (k1={cfg.kr_k1}, k2={cfg.kr_k2}, lambda={cfg.kr_lambda:g})"
+
+    def check(self, job: RerankJob) -> None:
+        pass
+
+    def rerank(self, job: RerankJob) -> Reranked:
+        f = job.features
+        final, original = kreciprocal_distances(f["query_features"], f["gallery_features"], self.k1, self.k2, self.lam)
+        label = f"kreciprocal(k1={self.k1}, k2={self.k2}, lambda={self.lam:g})"
+        orders, notes = [], []
+        for q in range(len(job.ranking)):
+            cand = job.ranking[q, :job.k]
+            d, d0 = final[q, cand], original[q, cand]
+            order = np.argsort(d, kind="stable").tolist()
+            b = order[0]
+            orders.append(order)
+            notes.append(f"retrieval #{b + 1} first: k-reciprocal distance {d[b]:.2f} vs original {d0[b]:.2f}"
+                         + ("" if b == 0 else f" (retrieval #1: {d[0]:.2f} vs {d0[0]:.2f})"))
+        return Reranked(outcomes_from_orders(job, orders, notes, label), label)

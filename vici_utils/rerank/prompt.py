@@ -1,7 +1,9 @@
-"""What a re-ranking request says and shows: the instructions (our own words) and the images, downscaled.
+"""What a re-ranking request says and shows: the instructions (our own words) and the images.
 
-A request is a list of parts, text and JPEG bytes interleaved, that every backend turns into its own
+A request is a list of parts, text and images interleaved, that every backend turns into its own
 wire format: the ground photo first, then each satellite candidate under its number, then the task.
+Images are the files' own bytes at full resolution (vlm_image_size: None, as VICI sent them), or
+downscaled and re-encoded as JPEG (vlm_image_size: N, cheaper).
 Numbering each image in the text beside it keeps "candidate 3" unambiguous whatever the model does
 with image order.
 """
@@ -20,8 +22,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..u1652 import DatasetError
 
-PROMPT_VERSION = "2025-06-v1"  # part of every cache key: changing the wording invalidates stored answers
+PROMPT_VERSION = "2025-06-v2"  # part of every cache key: changing the wording invalidates stored answers
 JPEG_QUALITY = 90
+SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}  # formats every backend takes
 
 INTRO = (
     "You are helping to find where a photograph was taken. The first image below was taken on the ground, "
@@ -37,9 +40,16 @@ TASK = (
     "3. Rank all {k} satellite images from the most to the least likely to show the place of the ground "
     "photo. The ranking is a list of the {k} image numbers, each number exactly once, best first.\n"
     "4. Explain why your first choice is the best match.\n"
-    "Answer with a JSON object only, no markdown, with these keys: summary_ground_image (step 1), "
-    "summary_satellite_images (step 2), ranking (step 3, a list of integers), reason (step 4)."
+    "Answer with a JSON object only, no markdown, with these keys: ranking (step 3, a list of integers), "
+    "summary_ground_image (step 1), summary_satellite_images (step 2, a list of {k} strings, one per "
+    "satellite image), reason (step 4)."
 )
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    data: bytes
+    mime: str = "image/jpeg"
 
 
 @dataclass
@@ -50,7 +60,7 @@ class Request:
     permutation: int
     order: list[int]          # order[j] = retrieval position (0-based) of the candidate presented as j+1
     candidates: list[str]     # gallery names, as presented
-    parts: list[str | bytes]  # text and JPEG bytes, interleaved, in the order the model sees them
+    parts: list[str | ImagePart]  # text and images, interleaved, in the order the model sees them
 
     @property
     def text(self) -> str:
@@ -58,38 +68,45 @@ class Request:
 
     @property
     def images(self) -> list[bytes]:
-        return [p for p in self.parts if isinstance(p, bytes)]
+        return [p.data for p in self.parts if isinstance(p, ImagePart)]
 
     def fingerprint(self) -> str:
         """Hash of everything the model sees (text and image bytes), in order."""
         h = hashlib.sha256()
         for p in self.parts:
-            h.update(b"I" if isinstance(p, bytes) else b"T")
-            h.update(hashlib.sha256(p if isinstance(p, bytes) else p.encode()).digest())
+            image = isinstance(p, ImagePart)
+            h.update(b"I" if image else b"T")
+            h.update(hashlib.sha256(p.data if image else p.encode()).digest())
         return h.hexdigest()
 
 
-def jpeg_bytes(path: str, size: int) -> bytes:
-    """The image at `path`, downscaled so its longer side is at most `size`, re-encoded as JPEG.
-    Deterministic for a given Pillow version, so the bytes (and cache keys) are stable across runs.
-    Large JPEGs are decoded at a reduced scale (draft) and resized bilinearly (Pillow's resize filters
-    are area-aware when shrinking): this runs once per image per run and must keep up with the requests."""
+def image_bytes(path: str, size: int | None) -> ImagePart:
+    """The image at `path` as sent to the model. size None: the file's own bytes, unchanged (formats other
+    than JPEG, PNG and WebP are re-encoded as JPEG at full size). size N: downscaled so its longer side
+    is at most N, re-encoded as JPEG; deterministic for a given Pillow version, so the bytes (and cache
+    keys) are stable across runs. Large JPEGs are decoded at a reduced scale (draft) and resized
+    bilinearly (Pillow's resize filters are area-aware when shrinking): this runs once per image per run
+    and must keep up with the requests."""
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (size, size))
+            if size is None and im.format in SENT_AS_IS:
+                im.verify()  # a truncated or corrupt file fails here, not at the server
+                return ImagePart(Path(path).read_bytes(), SENT_AS_IS[im.format])
+            if size is not None:
+                im.draft("RGB", (size, size))
             im = im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
-    scale = size / max(im.size)
+    scale = 1 if size is None else size / max(im.size)
     if scale < 1:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return buf.getvalue()
+    return ImagePart(buf.getvalue())
 
 
 class ImageEncoder:
-    """jpeg_bytes for a whole run, started ahead of the requests in a few threads (Pillow releases the GIL
+    """image_bytes for a whole run, started ahead of the requests in a few threads (Pillow releases the GIL
     while it decodes, resizes and encodes), so a request rarely waits for its images.
 
     `plan` lists every image the run will ask for, in order; the encoder keeps up to `ahead` of them in
@@ -99,12 +116,12 @@ class ImageEncoder:
     def __init__(self, workers: int | None = None, ahead: int = 64):
         self.ahead = ahead
         self._pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1), thread_name_prefix="jpeg")
-        self._futures: dict[tuple[str, int], Future] = {}
+        self._futures: dict[tuple[str, int | None], Future] = {}
         self._plan: deque = deque()
         self._uses: Counter = Counter()
         self._lock = threading.Lock()
 
-    def plan(self, paths, size: int) -> None:
+    def plan(self, paths, size: int | None) -> None:
         keys = [(str(p), size) for p in paths]
         with self._lock:
             self._uses.update(keys)
@@ -112,7 +129,7 @@ class ImageEncoder:
             self._top_up()
 
     def _submit(self, key) -> None:
-        self._futures[key] = self._pool.submit(jpeg_bytes, *key)
+        self._futures[key] = self._pool.submit(image_bytes, *key)
 
     def _top_up(self) -> None:
         busy = sum(not f.done() for f in self._futures.values())
@@ -122,7 +139,7 @@ class ImageEncoder:
                 self._submit(key)
                 busy += 1
 
-    def encode(self, paths: list[str], size: int) -> list[bytes]:
+    def encode(self, paths: list[str], size: int | None) -> list[ImagePart]:
         keys = [(str(p), size) for p in paths]
         with self._lock:
             for key in keys:
@@ -145,12 +162,12 @@ class ImageEncoder:
 
 
 def build_request(query_index: int, query_name: str, query_path: str | Path, candidate_names: list[str],
-                  candidate_paths: list[str | Path], order: list[int], permutation: int, image_size: int,
+                  candidate_paths: list[str | Path], order: list[int], permutation: int, image_size: int | None,
                   encoder: ImageEncoder) -> Request:
     """The request for one query: `candidate_*` in retrieval order, presented in `order`."""
     k = len(order)
     images = encoder.encode([query_path, *(candidate_paths[pos] for pos in order)], image_size)
-    parts: list[str | bytes] = [INTRO.format(k=k), "Ground photo:", images[0]]
+    parts: list[str | ImagePart] = [INTRO.format(k=k), "Ground photo:", images[0]]
     for slot, image in enumerate(images[1:], start=1):
         parts += [f"Satellite image {slot}:", image]
     parts.append(TASK.format(k=k))

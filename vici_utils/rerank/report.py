@@ -4,28 +4,28 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import paper
-from . import pricing
-from .fusion import RULES
+from . import pricing, rerankers
+from .fusion import FUSIONS
+from .prompt import ImageEncoder, Request, build_request
 from .run import RerankResult
 
 COLUMNS = ["R@1", "R@5", "R@10"]
-RULE_LABELS = {"retrieval": "retrieval only", "weighted": "fused: vlm rank + retrieval rank (VICI)",
-               "vlm": "re-ranker order only", "rrf": "fused: reciprocal rank fusion"}
+
+
+def rule_label(rule: str) -> str:
+    """'retrieval only', or the fusion rule's own label (fusion.FUSIONS)."""
+    return "retrieval only" if rule == "retrieval" else getattr(FUSIONS[rule], "label", rule)
 
 
 def describe_reranker(cfg) -> str:
-    if cfg.rerank_backend == "kreciprocal":
-        return f"k-reciprocal (k1={cfg.kr_k1}, k2={cfg.kr_k2}, lambda={cfg.kr_lambda:g})"
-    if cfg.rerank_backend == "none":
-        return "none"
-    perms = f", {cfg.vlm_permutations} orders" if cfg.vlm_permutations > 1 else ""
-    return f"{cfg.rerank_backend} {cfg.vlm_model} (top {cfg.rerank_top_k}{perms})"
+    """The re-ranker and its settings in one line (each re-ranker describes itself)."""
+    return rerankers.describe(cfg)
 
 
 def before_after(result: RerankResult, cfg) -> pd.DataFrame:
     """Our rows (retrieval and every fusion rule) and, on University-1652, the paper's rows beside them."""
-    ours = pd.DataFrame([{"source": "this run", "ranking": RULE_LABELS[r] + (" *" if r == cfg.fusion else ""),
-                          **{c: result.metrics[r][c] for c in COLUMNS}} for r in ("retrieval", *RULES)])
+    ours = pd.DataFrame([{"source": "this run", "ranking": rule_label(r) + (" *" if r == cfg.fusion else ""),
+                          **{c: result.metrics[r][c] for c in COLUMNS}} for r in ("retrieval", *FUSIONS)])
     if cfg.is_embedded:
         return ours.round(2)
     theirs = pd.DataFrame([{"source": "VICI paper", "ranking": row.vlm, **{c: row[c] for c in COLUMNS}}
@@ -61,3 +61,34 @@ def cost_table(result: RerankResult, cfg) -> pd.DataFrame:
                      "per request tokens in/out": f"{typical['input']}/{typical['output'] + typical['thoughts']}",
                      "USD per 1,000 queries": round(per_query * 1000, 3), "price source": source})
     return pd.DataFrame(rows)
+
+
+def example_query(result: RerankResult) -> int:
+    """A re-ranked query whose true tile is in the shortlist but not first: the case a re-ranker exists for
+    (else the first query)."""
+    retrieval_rank = result.per_query["rank_retrieval"].to_numpy()
+    k = result.metrics["top_k"]
+    hits = [q for q, r in enumerate(retrieval_rank) if 1 < r <= k]
+    return hits[0] if hits else 0
+
+
+def example_request(result: RerankResult, cfg, q: int) -> Request:
+    """The request a VLM gets for query q, as the run's settings would send it: the prompt text, the ground
+    photo and the K candidates in retrieval order."""
+    f, k = result.features, result.metrics["top_k"]
+    cands = [int(g) for g in result.ranking[q, :k]]
+    encoder = ImageEncoder(workers=1)
+    try:
+        return build_request(q, f["query_names"][q], f["query_paths"][q], [f["gallery_names"][g] for g in cands],
+                             [f["gallery_paths"][g] for g in cands], list(range(k)), 0, cfg.vlm_image_size, encoder)
+    finally:
+        encoder.close()
+
+
+def parsed_answer(result: RerankResult, q: int) -> dict:
+    """What the re-ranker answered for query q, as the run stored it: its ranking of the presented candidates
+    (1-based, best first), its reason, and who answered."""
+    o = result.outcomes[q]
+    answer = o.answers[0] if o.answers else {}
+    return {"answered by": answer.get("model_version") or result.metrics["model"], "status": o.status,
+            "ranking (candidate numbers, best first)": [i + 1 for i in o.order], "reason": o.note}

@@ -1,50 +1,47 @@
 """Stage 2, end to end: `run_rerank(cfg)` re-ranks each query's top K and writes outputs/<run>/rerank/.
 
-    retrieval/features.npz -> ranking -> top K per query -> backend -> per-query order of the K
-        -> fusion with the retrieval order (weighted, vlm, rrf) -> metrics, answers, reasons
+    retrieval/features.npz -> ranking -> top K per query -> re-ranker (rerankers.RERANKERS)
+        -> per-query order of the K -> fusion with the retrieval order (fusion.FUSIONS) -> metrics, answers, reasons
 
-No query is ever dropped: one whose answers all failed keeps its retrieval order, recorded with why.
-Written files: answer_fused.txt (the `fusion` rule), answer_vlm.txt, reasons.jsonl, metrics.json, and for
-network backends cache.jsonl (every answer, appended as it arrives; see cache.py).
+No query is ever dropped: one whose answers all failed keeps its retrieval order, recorded with why. But a
+run where more than vlm_max_fallback_share of the queries fell back is a failed run: it raises (so the
+notebook and the run's manifest fail) and leaves its files in rerank/failed/ for inspection.
+
+Everything is checked before work starts (features, key, server URL, images), and the previous results
+are replaced only by complete new ones: written aside, then swapped in. Written files: answer_fused.txt
+(the `fusion` rule), answer_vlm.txt, reasons.jsonl, metrics.json, and for network backends cache.jsonl
+(every answer, appended as it arrives; see cache.py).
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import functools
 import json
+import logging
 import math
 import os
+import shutil
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from ..paths import run_dir
-from ..progress import progress as progress_bar
+from ..answers import CHALLENGE_K, names_from_indices, write_answer_txt
+from ..metrics import evaluate_ranking, full_ranking, scalars
+from ..run_folder import RERANK, RETRIEVAL, stage_dir
 from . import fusion, pricing
-from .backends import make_backend, redact
-from .kreciprocal import kreciprocal_distances
 from .limits import RetryPolicy
+from .redaction import redact
+from .rerankers import QueryOutcome, RerankError, RerankJob, make_reranker
+
+log = logging.getLogger("vici_utils.rerank")
 
 FEATURE_KEYS = ("query_features", "query_ids", "query_names", "query_paths",
                 "gallery_features", "gallery_ids", "gallery_names", "gallery_paths")
-ANSWER_K = 10
-ANSWER_TEXT = ("summary_ground_image", "summary_satellite_images", "reason")
-RESULT_FILES = ("answer_fused.txt", "answer_vlm.txt", "reasons.jsonl", "metrics.json")  # cache.jsonl stays
-
-
-@dataclass
-class QueryOutcome:
-    index: int
-    name: str
-    candidates: list[str]             # the top K gallery names, retrieval order
-    order: list[int]                  # the backend's order: retrieval positions, best first
-    status: str                       # "ok" or "fallback"
-    note: str                         # the model's reason (ok) or why the retrieval order was kept
-    answers: list[dict] = field(default_factory=list)  # one per presented order
+FAILED_DIR = "failed"
 
 
 @dataclass
@@ -61,7 +58,7 @@ class RerankResult:
 # --- inputs -------------------------------------------------------------------------------------------------------
 
 def features_path(cfg) -> Path:
-    return run_dir(cfg.run_name) / "retrieval" / "features.npz"
+    return stage_dir(cfg.run_name, RETRIEVAL) / "features.npz"
 
 
 def load_features(path: Path) -> dict:
@@ -85,127 +82,25 @@ def load_features(path: Path) -> dict:
     return feats
 
 
-def _permutations(k: int, n: int, seed: int, query: int) -> list[list[int]]:
-    """n presented orders for one query: the retrieval order, then seeded shuffles (distinct where possible)."""
-    orders = [list(range(k))]
-    rng = np.random.default_rng([seed, query])
-    for _ in range(n - 1):
-        for _attempt in range(20):
-            order = rng.permutation(k).tolist()
-            if order not in orders:
-                break
-        orders.append(order)
-    return orders
-
-
-# --- backends -----------------------------------------------------------------------------------------------------
-
-def _offline_outcomes(cfg, feats, ranking, k) -> list[QueryOutcome]:
-    names = feats["gallery_names"]
-    if cfg.rerank_backend == "none":
-        return [QueryOutcome(q, feats["query_names"][q], [names[g] for g in ranking[q, :k]], list(range(k)), "ok",
-                             "retrieval order (rerank_backend: none)") for q in range(len(ranking))]
-    final, original = kreciprocal_distances(feats["query_features"], feats["gallery_features"],
-                                            cfg.kr_k1, cfg.kr_k2, cfg.kr_lambda)
-    label = f"kreciprocal(k1={cfg.kr_k1}, k2={cfg.kr_k2}, lambda={cfg.kr_lambda:g})"
-    outcomes = []
-    for q in range(len(ranking)):
-        cand = ranking[q, :k]
-        d, d0 = final[q, cand], original[q, cand]
-        order = np.argsort(d, kind="stable").tolist()
-        b = order[0]
-        note = (f"retrieval #{b + 1} first: k-reciprocal distance {d[b]:.2f} vs original {d0[b]:.2f}"
-                + ("" if b == 0 else f" (retrieval #1: {d[0]:.2f} vs {d0[0]:.2f})"))
-        candidates = [names[g] for g in cand]
-        answer = {"permutation": 0, "presented": candidates, "ranking": [o + 1 for o in order], "ok": True,
-                  "cached": False, "model_version": label, "usage": {}, "latency_s": 0.0}
-        outcomes.append(QueryOutcome(q, feats["query_names"][q], candidates, order, "ok", note, [answer]))
-    return outcomes
-
-
-def _run_coroutine(coro):
-    """asyncio.run, also from inside Jupyter (whose event loop is already running): then in a thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def _vlm_outcomes(cfg, feats, ranking, k, out_dir: Path, policy: RetryPolicy, show_progress: bool):
-    from .ask import Asker, ask_all
-    from .cache import AnswerCache
-    from .prompt import ImageEncoder, build_request
-
-    backend = make_backend(cfg)
-    encoder = ImageEncoder()
-    cache = AnswerCache(out_dir / "cache.jsonl")
-    orders = {q: _permutations(k, cfg.vlm_permutations, cfg.seed, q) for q in range(len(ranking))}
-    jobs = [(q, p) for q in range(len(ranking)) for p in range(cfg.vlm_permutations)]
-    g_names, g_paths = feats["gallery_names"], feats["gallery_paths"]
-
-    def build(job):
-        q, p = job
-        cand = ranking[q, :k]
-        return build_request(q, feats["query_names"][q], feats["query_paths"][q], [g_names[g] for g in cand],
-                             [g_paths[g] for g in cand], orders[q][p], p, cfg.vlm_image_size, encoder)
-
-    encoder.plan((path for q, p in jobs for path in [feats["query_paths"][q], *(g_paths[g] for g in ranking[q, :k])]),
-                 cfg.vlm_image_size)
-    bar = progress_bar(total=len(jobs), desc=f"re-ranking ({cfg.rerank_backend} {cfg.vlm_model})",
-                       disable=not show_progress)
-    asker = Asker(backend, cache, policy, cfg.vlm_rpm)
-
-    def done(job, record):
-        bar.update()
-        s = asker.stats
-        bar.set_postfix(sent=s.sent, cached=s.cached, invalid=s.invalid, gave_up=s.gave_up, refresh=False)
-
-    async def main():
-        try:
-            return await ask_all(asker, jobs, build, cfg.vlm_concurrency, done)
-        finally:
-            await backend.aclose()
-
-    try:
-        records = _run_coroutine(main())
-    finally:
-        bar.close()
-        cache.close()
-        encoder.close()
-
-    outcomes = []
-    for q in range(len(ranking)):
-        cand = [g_names[g] for g in ranking[q, :k]]
-        answers, good = [], []
-        for p, order in enumerate(orders[q]):
-            r = records[(q, p)]
-            answers.append({"permutation": p, "presented": [cand[i] for i in order], "ranking": r.get("ranking"),
-                            "ok": r["ok"], "fault": r.get("fault"), "cached": r.get("cached", False),
-                            "model_version": r.get("model_version"), "usage": r.get("usage", {}),
-                            "latency_s": r.get("latency_s"),
-                            **{key: r.get(key) for key in ANSWER_TEXT if r["ok"]}})
-            if r["ok"]:
-                good.append((fusion.to_positions(r["ranking"], order), r))
-        if good:
-            rank = fusion.mean_rank([g for g, _ in good], k)
-            note = good[0][1].get("reason", "")
-            outcomes.append(QueryOutcome(q, feats["query_names"][q], cand, np.argsort(rank).tolist(), "ok", note,
-                                         answers))
-        else:
-            faults = "; ".join(f"order {a['permutation']}: {a['fault']}" for a in answers)
-            outcomes.append(QueryOutcome(q, feats["query_names"][q], cand, list(range(k)), "fallback",
-                                         f"kept retrieval order: {faults}", answers))
-    return outcomes, asker.stats
-
-
 # --- outputs ------------------------------------------------------------------------------------------------------
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(redact(text))
-    os.replace(tmp, path)
+def _publish(out_dir: Path, files: dict, into: Optional[Path] = None) -> None:
+    """Write every file (text, redacted; or a function that writes the path it is given) into a fresh folder
+    beside the results, then move each into `into` (default: out_dir): a run that fails before this point
+    leaves the previous results as they were."""
+    into = into or out_dir
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        for name, content in files.items():
+            if callable(content):
+                content(staging / name)
+            else:
+                (staging / name).write_text(redact(content))
+        into.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(staging / name, into / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _json_default(x):
@@ -234,49 +129,45 @@ def _position_bias(outcomes: list[QueryOutcome], gallery_truth: dict, query_ids:
 
 def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool = True) -> RerankResult:
     """Re-rank the run's retrieval with `cfg.rerank_backend` and write outputs/<run_name>/rerank/."""
-    from ..answers import names_from_indices, write_answer_txt
-    from ..metrics import evaluate_ranking, full_ranking, scalars
-
+    # 1. everything that can be checked before any work: inputs, key, server URL, images
     feats = load_features(features_path(cfg))
+    reranker = make_reranker(cfg)
     full = full_ranking(feats["query_features"], feats["gallery_features"])
     ng = full.shape[1]
     k = min(cfg.rerank_top_k, ng)
     n_sel = min(len(full), cfg.vlm_max_queries or len(full))
     ranking = full[:n_sel]
-    out_dir = run_dir(cfg.run_name) / "rerank"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:  # a run that stops early must not leave an earlier run's results looking current
-        (out_dir / name).unlink(missing_ok=True)
+    out_dir = stage_dir(cfg.run_name, RERANK)
+    job = RerankJob(cfg, feats, ranking, k, out_dir, retry, show_progress)
+    reranker.check(job)
 
-    stats = None
-    if cfg.rerank_backend in ("none", "kreciprocal"):
-        outcomes = _offline_outcomes(cfg, feats, ranking, k)
-        model = cfg.rerank_backend if cfg.rerank_backend == "none" else outcomes[0].answers[0]["model_version"]
-    else:
-        policy = retry or RetryPolicy(max_retries=cfg.vlm_max_retries)
-        outcomes, stats = _vlm_outcomes(cfg, feats, ranking, k, out_dir, policy, show_progress)
-        model = cfg.vlm_model
+    # 2. the work (a network re-ranker appends its answers to out_dir/cache.jsonl as they arrive)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = reranker.rerank(job)
+    outcomes, stats, model = done.outcomes, done.stats, done.model
 
     vlm_rank = np.empty((n_sel, k), dtype=np.int64)
     for o in outcomes:
         vlm_rank[o.index, o.order] = np.arange(1, k + 1)
-    fused = {rule: fusion.apply(ranking, fusion.fuse(vlm_rank, rule)) for rule in fusion.RULES}
+    fused = {rule: fusion.apply(ranking, fusion.fuse(vlm_rank, rule)) for rule in fusion.FUSIONS}
 
     q_ids, g_ids = feats["query_ids"][:n_sel], feats["gallery_ids"]
     evaluated = {"retrieval": evaluate_ranking(ranking, q_ids, g_ids)}
     evaluated.update({rule: evaluate_ranking(r, q_ids, g_ids) for rule, r in fused.items()})
     if k <= 10 <= ng:  # reordering the top K <= 10 cannot change which images are in the top 10
-        for rule in fusion.RULES:
+        for rule in fusion.FUSIONS:
             if not math.isclose(evaluated[rule]["R@10"], evaluated["retrieval"]["R@10"]):
                 raise AssertionError(f"fusion '{rule}' changed R@10 ({evaluated['retrieval']['R@10']:.4f} -> "
                                      f"{evaluated[rule]['R@10']:.4f}) although only the top {k} were reordered")
 
-    # answers: every query, the re-ranked ones in their new order, the rest (vlm_max_queries) as retrieved
+    # 3. the files, in memory first. Answers: every query, the re-ranked ones in their new order, the rest
+    # (vlm_max_queries) as retrieved
+    files: dict = {}
     g_names = feats["gallery_names"]
-    answer_k = min(ANSWER_K, ng)
+    answer_k = min(CHALLENGE_K, ng)  # answer files carry the top 10, as the challenge's
     for name, rule in (("answer_fused.txt", cfg.fusion), ("answer_vlm.txt", "vlm")):
-        rows = np.concatenate([fused[rule], full[n_sel:]])[:, :answer_k]
-        write_answer_txt(out_dir / name, names_from_indices(rows, g_names), k=answer_k)
+        rows = names_from_indices(np.concatenate([fused[rule], full[n_sel:]])[:, :answer_k], g_names)
+        files[name] = functools.partial(write_answer_txt, names_per_query=rows, k=answer_k)
 
     status = Counter(o.status for o in outcomes)
     fallback_kinds = Counter(o.answers[0]["fault"].split(":")[0] for o in outcomes if o.status == "fallback")
@@ -306,6 +197,7 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
                    "invalid_answers": stats.invalid if stats else 0, "gave_up": stats.gave_up if stats else 0,
                    "retries": stats.retries if stats else 0},
         "fallback_reasons": dict(fallback_kinds),
+        "max_fallback_share": cfg.vlm_max_fallback_share,
         "tokens": run_tokens,
         "tokens_answers_used": dict(used_tokens),
         "price_per_mtok": {"input": p_in, "output": p_out, "source": price_source},
@@ -313,7 +205,7 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
         "cost_per_1000_queries_usd": pricing.cost_usd(used_tokens, p_in, p_out) / answered * 1000,
         "position_bias": _position_bias(outcomes, gallery_truth, q_ids),
     })
-    _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+    files["metrics.json"] = json.dumps(metrics, indent=2, default=_json_default)
 
     ranks = {rule: m["first_match_rank"] for rule, m in evaluated.items()}
     lines = []
@@ -325,7 +217,12 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
             "true_match_rank": {rule: int(r[o.index]) for rule, r in ranks.items()},
             "answers": o.answers,
         }, ensure_ascii=False, default=_json_default))
-    _write_text(out_dir / "reasons.jsonl", "\n".join(lines) + "\n")
+    files["reasons.jsonl"] = "\n".join(lines) + "\n"
+
+    # 4. a run that mostly kept the retrieval order is not a result: keep it aside and fail loudly
+    _check_fallbacks(cfg, metrics, out_dir, files)
+    _publish(out_dir, files)
+    shutil.rmtree(out_dir / FAILED_DIR, ignore_errors=True)  # an earlier failed attempt, now superseded
 
     per_query = pd.DataFrame({
         "query": [o.name for o in outcomes], "building": q_ids,
@@ -335,8 +232,30 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     return RerankResult(out_dir, metrics, outcomes, per_query, feats, ranking, fused)
 
 
+def _check_fallbacks(cfg, metrics: dict, out_dir: Path, files: dict) -> None:
+    n, fell_back = metrics["queries_reranked"], metrics["counts"]["fallback"]
+    if not fell_back:
+        return
+    share = fell_back / max(n, 1)
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in metrics["fallback_reasons"].items())
+    what = (f"{fell_back} of {n} re-ranked queries ({100 * share:.0f}%) kept their retrieval order because the "
+            f"re-ranker gave no usable answer ({kinds})")
+    if share <= cfg.vlm_max_fallback_share:
+        log.warning(f"{what}; within vlm_max_fallback_share = {cfg.vlm_max_fallback_share:g}, so the results stand. "
+                    "A rerun asks again for those queries.")
+        return
+    _publish(out_dir, files, into=out_dir / FAILED_DIR)
+    message = redact(
+        f"RE-RANKING FAILED: {what}, more than vlm_max_fallback_share = {cfg.vlm_max_fallback_share:g}. These are "
+        f"not re-ranking results: they are kept apart in {out_dir / FAILED_DIR} (see reasons.jsonl there), and the "
+        "previous results, if any, are unchanged. Fix the cause (vlm_base_url, vlm_model, the server) and rerun: "
+        "unusable answers are asked again. To accept the fallbacks, set vlm_max_fallback_share: 1.")
+    log.error(message)
+    raise RerankError(message)
+
+
 def metrics_table(result: RerankResult) -> pd.DataFrame:
     """R@1 / R@5 / R@10 / AP of the retrieval and of each fusion rule, in %."""
-    rows = ["retrieval", *fusion.RULES]
+    rows = ["retrieval", *fusion.FUSIONS]
     return pd.DataFrame([{k: result.metrics[r][k] for k in ("R@1", "R@5", "R@10", "AP")} for r in rows],
                         index=pd.Index(rows, name="ranking")).round(2)

@@ -16,16 +16,20 @@ NORMAL_FINISH = {None, "", "STOP", "stop", "FINISH_REASON_UNSPECIFIED", "eos"}
 TRUNCATED_FINISH = {"MAX_TOKENS", "length"}
 
 
+# VICI's answer (stage_2.py), in VICI's order. Field order is generation order (google-genai sends it as
+# propertyOrdering), so the model writes its ranking first, then its descriptions, as VICI's did. The
+# docstring and field descriptions are part of the schema the model reads.
 class RerankAnswer(BaseModel):
-    """Field order is generation order: the model describes and compares before it ranks."""
-    summary_ground_image: str = Field(description="what the ground photo shows that a satellite could see")
-    summary_satellite_images: str = Field(description="how each numbered satellite image compares with it")
+    """A ranking of the numbered satellite images by how likely each shows the place of the ground photo."""
     ranking: list[int] = Field(description="every satellite image number exactly once, best match first")
+    summary_ground_image: str = Field(description="what the ground photo shows that a satellite could see")
+    summary_satellite_images: list[str] = Field(description="one description per satellite image, in number order")
     reason: str = Field(description="why the first-ranked image is the best match")
 
 
 def json_schema() -> dict:
-    """JSON Schema for OpenAI-style `response_format` (closed object, every key required)."""
+    """JSON Schema for OpenAI-style `response_format` (closed object, every key required; properties in
+    declaration order, which servers that constrain decoding follow)."""
     schema = RerankAnswer.model_json_schema()
     schema["additionalProperties"] = False
     schema["required"] = list(RerankAnswer.model_fields)

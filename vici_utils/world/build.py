@@ -13,11 +13,16 @@ renamed into place, so an interrupted build never leaves a complete-looking worl
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -179,6 +184,34 @@ def _write_challenge(spec: WorldSpec, tmp: Path, locations: dict) -> None:
         w.writerows(listed)
 
 
+def _worker_init(parent: int) -> None:
+    """Pool worker set-up. Ctrl-C is the parent's to handle (it terminates the pool), so a worker does not print
+    its own traceback; and a worker ends with its parent, even one killed by SIGKILL, instead of rendering on as
+    an orphan (~125 MB each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _kill_with_parent():
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _kill_with_parent() -> bool:
+    """Linux: ask the kernel for SIGKILL when the parent (the thread that forked us) ends."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL)) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Elsewhere: poll; a process whose parent died is re-parented, so its parent pid changes."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _progress(total: int, enabled: bool):
     return progress(total=total, desc="embedded world", unit="loc", disable=not enabled)
 
@@ -245,7 +278,7 @@ def _generate(spec: WorldSpec, tmp: Path, workers: int, show: bool) -> None:
                 bar.update()
         else:
             ctx = get_context("fork") if hasattr(os, "fork") else get_context("spawn")
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
                 for meta in pool.imap(_build_location, args, chunksize=4):
                     locations.update(meta)
                     bar.update()

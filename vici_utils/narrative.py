@@ -1,0 +1,103 @@
+"""Sentences about a run's results, chosen and filled in from the numbers, so the notebooks' prose can never
+contradict the figures beside it. Each function takes what the notebook already computed and returns plain
+text; fixed prose in the notebooks makes no claim that a run could contradict.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1f} %"
+
+
+def training_story(log: pd.DataFrame) -> str:
+    """What the training curves show: where the loss went, how recall on the checked set moved, where it peaked."""
+    if log.empty:
+        return "No training in this run (epochs: 0): the model is evaluated as it was loaded."
+    first_loss, last_loss = log["loss"].iloc[0], log["loss"].iloc[-1]
+    checked = log.dropna(subset=["R@1"])
+    which = "the held-out training buildings" if (log["eval_set"].iloc[0] == "val") else "the TEST set"
+    text = (f"The training loss went from {first_loss:.2f} in epoch 1 to {last_loss:.2f} in epoch "
+            f"{int(log['epoch'].iloc[-1])}.")
+    if checked.empty:
+        return text + " Recall was never checked (no held-out buildings): the last epoch is the model."
+    r1 = checked["R@1"].to_numpy()
+    best = int(checked["epoch"].iloc[int(np.argmax(r1))])
+    last = int(checked["epoch"].iloc[-1])
+    text += (f" R@1 on {which} went from {_pct(r1[0])} at epoch {int(checked['epoch'].iloc[0])} to "
+             f"{_pct(r1[-1])} at epoch {last}, best {_pct(r1.max())} at epoch {best}.")
+    rises = int((np.diff(r1) > 0).sum())
+    if len(r1) > 2:
+        text += f" It rose at {rises} of {len(r1) - 1} checks"
+        if best == last:
+            text += "; the best epoch was the last, so more epochs might still help."
+        elif r1[-1] < r1.max() - 1.0:
+            text += (f"; it fell {r1.max() - r1[-1]:.1f} points after its peak while the loss kept falling: the "
+                     "model began to memorise its training buildings (best.pt keeps the peak).")
+        else:
+            text += "; it levelled off near its peak."
+    return text
+
+
+def val_and_test(val_r1: float, val_gallery: int, test_r1: float, test_gallery: int, k: int = 1) -> str:
+    """Why validation and test recall differ: gallery sizes and their chance levels."""
+    chance_val, chance_test = 100 * k / val_gallery, 100 * k / test_gallery
+    return (f"Validation R@{k} is {_pct(val_r1)} against a gallery of {val_gallery} tiles (chance {_pct(chance_val)}); "
+            f"test R@{k} is {_pct(test_r1)} against {test_gallery} tiles (chance {_pct(chance_test)}). The test gallery is "
+            f"{test_gallery / val_gallery:.0f}x larger, so each query has that many more tiles to confuse with its own: "
+            f"the two numbers measure different tasks, and only the test number compares with other runs. As multiples "
+            f"of chance: {val_r1 / chance_val:.1f}x on validation, {test_r1 / chance_test:.1f}x on test.")
+
+
+def modality_gap(street: np.ndarray, satellite: np.ndarray) -> str:
+    """Whether the two towers put their embeddings in separate regions: the distance between the two centroids
+    against the spread of the embeddings around them."""
+    cs, cg = street.mean(0), satellite.mean(0)
+    gap = float(np.linalg.norm(cs - cg))
+    spread = float(np.sqrt(((street - cs) ** 2).sum(1).mean() + ((satellite - cg) ** 2).sum(1).mean()) / math.sqrt(2))
+    ratio = gap / max(spread, 1e-9)
+    if ratio > 1.0:
+        verdict = "a clear modality gap: the two views sit in separate regions of the space"
+    elif ratio > 0.4:
+        verdict = "a moderate modality gap: the two clouds are offset but overlap"
+    else:
+        verdict = "no real modality gap: street and satellite embeddings share one region"
+    return (f"The street and satellite centroids are {gap:.2f} apart, against a spread of {spread:.2f} around them "
+            f"(ratio {ratio:.2f}): {verdict}. Retrieval only compares a query with tiles, so a gap by itself costs "
+            "nothing; what matters is the order of the tiles around each query.")
+
+
+def rerank_change(before: dict, after: dict, rule: str, what: str) -> str:
+    """The re-ranker's effect on R@1 and R@5 for one fusion rule, stated with its sign."""
+    d1, d5 = after["R@1"] - before["R@1"], after["R@5"] - before["R@5"]
+
+    def change(d, k):
+        if abs(d) < 0.05:
+            return f"left R@{k} unchanged at {_pct(before[f'R@{k}'])}"
+        return (f"{'raised' if d > 0 else 'lowered'} R@{k} from {_pct(before[f'R@{k}'])} to {_pct(after[f'R@{k}'])} "
+                f"({d:+.1f} points)")
+
+    return (f"On this run, {what} with the '{rule}' rule {change(d1, 1)} and {change(d5, 5)}; R@10 cannot move "
+            f"(the same {10} candidates are only reordered).")
+
+
+def drone_effect(df: pd.DataFrame) -> str:
+    """P = 0 against P = 0.3 over seeds: the difference of the means with its spread, and whether it is more than
+    the seed-to-seed noise. `df`: one row per run with columns drone_rate, seed, R@1."""
+    groups = {p: g["R@1"].to_numpy() for p, g in df.groupby("drone_rate")}
+    if 0.0 not in groups or 0.3 not in groups:
+        return "No P = 0 / P = 0.3 pair of runs yet."
+    a, b = groups[0.0], groups[0.3]
+    diff = b.mean() - a.mean()
+    se = math.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0))
+    if len(a) < 2 or len(b) < 2:
+        return (f"P = 0.3 minus P = 0: {diff:+.2f} points of R@1 from {len(a)} and {len(b)} run(s): one seed each "
+                "cannot tell an effect from noise; run more seeds.")
+    verdict = ("more than twice its standard error: a measured effect" if abs(diff) > 2 * se else
+               "within twice its standard error: no effect distinguishable from seed-to-seed noise")
+    return (f"Drone mixing, P = 0.3 minus P = 0: {diff:+.2f} ± {se:.2f} points of R@1 (difference of the means ± its "
+            f"standard error, {len(a)} and {len(b)} seeds), {verdict}. The paper reports +3.0 on University-1652.")

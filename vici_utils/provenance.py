@@ -1,0 +1,58 @@
+"""Provenance text: which data, which model and which epoch's weights a run's numbers come from.
+
+One line each, from the run's parameters alone, so that metrics files, tables and figures all say it the same
+way. Compute code (retrieval, results) imports this module; the figures stamp the same lines under each plot.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .weight_sources import PACKAGE, package_source
+
+
+def describe_data(cfg) -> str:
+    if cfg.is_embedded:
+        return (f"embedded world (seed {cfg.world_seed}, {cfg.world_train_locations} train / "
+                f"{cfg.world_test_locations} test + {cfg.world_distractors} distractor locations, "
+                f"difficulty {cfg.world_difficulty:g})")
+    return f"University-1652 at {Path(cfg.data_root).name or cfg.data_root}"
+
+
+def describe_model(cfg) -> str:
+    if cfg.init_checkpoint and cfg.epochs == 0:
+        weights = f"checkpoint {Path(cfg.init_checkpoint).name}"
+    elif cfg.pretrained is True:
+        weights = "hub weights"
+    elif cfg.pretrained == PACKAGE:
+        weights = "ImageNet weights from a pip package"
+    elif isinstance(cfg.pretrained, str):
+        weights = f"weights {Path(cfg.pretrained).name}"
+    else:
+        weights = "from scratch"
+    towers = "shared tower" if cfg.shared_towers else "two towers"
+    chosen = ", epoch chosen on TEST" if cfg.epochs and cfg.select_on == "test" else ""
+    return f"{cfg.backbone} ({weights}, {towers}, {cfg.image_size or 'native'} px, drone P={cfg.drone_rate:g}{chosen})"
+
+
+def describe_selection(cfg) -> str:
+    """Which epoch's weights a run evaluates, and so how far its test numbers can be trusted."""
+    if not cfg.epochs:
+        return "no training in this run"
+    if cfg.select_on == "test":
+        return "the epoch with the best test R@1 (VICI's protocol: the test set chose it, so test numbers are optimistic)"
+    if not cfg.val_fraction:
+        return "the last epoch (no held-out buildings to choose with)"
+    return "the epoch with the best R@1 on held-out training buildings (the test set never chose)"
+
+
+def describe_weights(cfg) -> str:
+    """Where a run's backbone weights come from before training, in a sentence."""
+    if cfg.init_checkpoint:
+        return f"the checkpoint {Path(cfg.init_checkpoint).name} (init_checkpoint)"
+    if cfg.pretrained is True:
+        return f"timm hub weights of {cfg.backbone} (pretrained: true)"
+    if cfg.pretrained == PACKAGE:
+        return package_source(cfg.backbone).summary + " (pretrained: package)"
+    if isinstance(cfg.pretrained, str):
+        return f"the weights file {cfg.pretrained} (pretrained: <file>)"
+    return "random initialisation: trained from scratch (pretrained: false)"

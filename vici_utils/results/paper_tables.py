@@ -1,0 +1,279 @@
+"""Our results in the shape of the paper's tables, our rows beside the paper's published ones.
+
+Each kind of table (a key of paper.TABLES, or '' for a sweep of its own) is one shaping function, registered
+with @table_kind: it turns a sweep's rows, averaged over seeds, into the table's rows, each naming the
+paper row it stands beside. A new kind is one function here (and, if the paper has it, its numbers in
+vici_utils.paper).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from .. import paper
+from ..metrics import RECALLS
+from ..rerank.rerankers import sees_order
+from ..paths import run_dir
+from ..rerank.fusion import FUSIONS
+from .rows import aggregate_seeds, find_results, read_run_folder
+
+TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
+OWN = ""  # the kind of a sweep with no paper table
+
+
+@dataclass(frozen=True)
+class TableKind:
+    title: str
+    shape: Callable[[pd.DataFrame], list[dict]]  # variants (aggregated over seeds) -> our rows
+    extra: tuple[str, ...] = ()        # our columns between the row label and the metrics
+    paper_extra: tuple[str, ...] = ()  # the paper's own columns shown beside ours
+    match_by_rate: bool = False        # our rows meet the paper's by drone rate P, not by the paper row's name
+
+
+KINDS: dict[str, TableKind] = {}
+
+
+def table_kind(name: str, title: str, **how):
+    """Register a shaping function as the table kind `name` (see TableKind for `how`)."""
+    def register(fn):
+        KINDS[name] = TableKind(title, fn, **how)
+        return fn
+    return register
+
+
+@dataclass
+class Table:
+    """Our rows beside the paper's. `rows` holds numbers: ours as '<metric>' and '<metric>_std', the paper's
+    as 'paper <metric>'; rows the paper has and we do not come last, with our columns empty."""
+    name: str                   # the sweep (or run) the rows come from
+    kind: str                   # a key of paper.TABLES, or '' for a table of its own
+    rows: pd.DataFrame
+    provenance: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)        # columns between the row label and the metrics
+    paper_extra: list[str] = field(default_factory=list)  # the paper's own extra columns
+
+    @property
+    def title(self) -> str:
+        return KINDS[self.kind].title if self.kind in KINDS else self.kind
+
+
+# --- one row of a table ---------------------------------------------------------------------------------------
+
+def _metric_row(label: str, source: pd.Series, prefix: str = "", **extra) -> dict:
+    """stage: 'retrieval', or the fusion rule of a re-ranked result; variant: the sweep variant it came from."""
+    stage = prefix.removeprefix("rerank.").rstrip(".") or "retrieval"
+    row = {"row": label, "stage": stage, "variant": source.get("variant", ""), **extra}
+    for m in RECALLS:
+        row[m] = source.get(f"{prefix}{m}")
+        row[f"{m}_std"] = source.get(f"{prefix}{m}_std")
+    row["n"] = source.get("n")
+    return row
+
+
+def _has(variant: pd.Series, col: str) -> bool:
+    v = variant.get(col)
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _headline(r: pd.Series) -> str:
+    """The fusion rule the run reports as its result (rerank metrics' 'headline', else the fusion param)."""
+    return r["rerank.headline"] if _has(r, "rerank.headline") else r.get("param.fusion")
+
+
+def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
+    """'<label> + <backend [model]> re-rank (<fusion>[, first N queries])'; vlms tables label by variant only."""
+    backend = r.get("rerank.backend") or r.get("param.rerank_backend") or "re-rank"
+    model = r.get("rerank.model")
+    what = f"{backend} {model}" if isinstance(model, str) and model and sees_order(backend) else backend  # a VLM's id
+    subset = ""
+    if _has(r, "rerank.retrieval.n_query") and _has(r, "n_query") and r["rerank.retrieval.n_query"] < r["n_query"]:
+        subset = f", first {int(r['rerank.retrieval.n_query'])} queries"
+    return f"{r['label']} + {what} re-rank ({fusion}{subset})" if with_backend else f"{r['label']} ({fusion}{subset})"
+
+
+# --- the kinds of table -----------------------------------------------------------------------------------------
+
+@table_kind("backbones", "Feature extractors", extra=("backbone", "image px", "params (M)", "GMACs", "dims"),
+            paper_extra=("params_M", "flops_G", "dims"))
+def backbone_rows(variants: pd.DataFrame) -> list[dict]:
+    """One row per backbone, with its measured size and cost."""
+    return [_metric_row(r["label"], r, paper_row=r.get("paper_row") or "", **{
+        "backbone": r.get("param.backbone"), "image px": r.get("param.image_size"),
+        "params (M)": r.get("params_M"), "GMACs": r.get("gmacs"), "dims": r.get("dims")})
+        for _, r in variants.iterrows()]
+
+
+@table_kind("drone_rate", "Drone augmentation", extra=("P",), match_by_rate=True)
+def drone_rate_rows(variants: pd.DataFrame) -> list[dict]:
+    """One row per drone rate P (matched with the paper's rows by P itself)."""
+    return [_metric_row(r["label"], r, P=r.get("param.drone_rate"), paper_row="") for _, r in variants.iterrows()]
+
+
+@table_kind("vlms", "Re-ranking")
+def vlm_rows(variants: pd.DataFrame) -> list[dict]:
+    """The shared retrieval result first, then every fusion rule of every re-ranking variant."""
+    rows = []
+    before = variants[[_has(r, "rerank.retrieval.R@1") for _, r in variants.iterrows()]]
+    if len(before):  # the variants differ in re-ranking only (model_from), so they share one retrieval result
+        rows.append(_metric_row("Without re-ranking", before.iloc[0], prefix="rerank.retrieval.",
+                                paper_row=paper.VLMS.iloc[0, 0]) | {"variant": ""})
+    for _, r in variants.iterrows():
+        for fusion in FUSIONS:
+            if _has(r, f"rerank.{fusion}.R@1"):
+                headline = fusion == _headline(r)
+                rows.append(_metric_row(_rerank_label(r, fusion, False), r, prefix=f"rerank.{fusion}.",
+                                        paper_row=(r.get("rerank_paper_row") or "") if headline else ""))
+    return rows
+
+
+def _retrieval_and_headline(variants: pd.DataFrame, rerank_needs_paper_row: bool) -> list[dict]:
+    """Retrieval per variant, each followed by its headline re-ranked result when there is one."""
+    rows = []
+    for _, r in variants.iterrows():
+        rows.append(_metric_row(r["label"], r, paper_row=r.get("paper_row") or ""))
+        fusion = _headline(r)
+        if (r.get("rerank_paper_row") or not rerank_needs_paper_row) and _has(r, f"rerank.{fusion}.R@1"):
+            rows.append(_metric_row(_rerank_label(r, fusion), r, prefix=f"rerank.{fusion}.",
+                                    paper_row=r.get("rerank_paper_row") or ""))
+    return rows
+
+
+@table_kind("ablation", "Ablation")
+def ablation_rows(variants: pd.DataFrame) -> list[dict]:
+    """The paper's steps; a re-ranked row only where the variant names the paper row it stands beside."""
+    return _retrieval_and_headline(variants, rerank_needs_paper_row=True)
+
+
+@table_kind(OWN, "Results")
+def own_rows(variants: pd.DataFrame) -> list[dict]:
+    """A sweep of its own: every variant's retrieval and headline re-ranked result."""
+    return _retrieval_and_headline(variants, rerank_needs_paper_row=False)
+
+
+# --- beside the paper -----------------------------------------------------------------------------------------
+
+def _append(ours: pd.DataFrame, theirs_only: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([ours, theirs_only], ignore_index=True) if len(theirs_only) else ours
+
+
+def _beside_by_row(ours: pd.DataFrame, theirs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Matched on the paper row each of ours names; the paper's rows without ours come last."""
+    theirs = theirs.rename(columns={key: "paper_row"})
+    merged = ours.merge(theirs, on="paper_row", how="left")
+    return _append(merged, theirs[~theirs["paper_row"].isin(set(ours["paper_row"]))].assign(row=""))
+
+
+def _beside_by_rate(ours: pd.DataFrame, theirs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Matched on the drone rate P; the paper's rates we did not run are shown too, everything sorted by P."""
+    ours = ours.assign(_P=ours["P"].astype(float).round(3))
+    merged = ours.merge(theirs.assign(_P=theirs[key].round(3)).drop(columns=[key]), on="_P", how="left")
+    found = merged[f"paper {RECALLS[0]}"].notna()
+    merged["paper_row"] = [f"P = {p:g}" if f else "" for p, f in zip(merged["_P"], found)]
+    rest = theirs[~theirs[key].round(3).isin(set(merged.loc[found, "_P"]))]
+    rest = rest.assign(P=rest[key], paper_row=[f"P = {p:g}" for p in rest[key]], row="").drop(columns=[key])
+    return _append(merged.drop(columns=["_P"]), rest).sort_values("P", kind="stable", ignore_index=True)
+
+
+def _beside_paper(rows: list[dict], name: str, kind: TableKind) -> tuple[pd.DataFrame, list[str]]:
+    ours = pd.DataFrame(rows)
+    if name not in paper.TABLES:
+        return ours, []
+    published = paper.TABLES[name]
+    key = published.columns[0]
+    cols = {m: f"paper {m}" for m in (*kind.paper_extra, *RECALLS)}
+    theirs = published.rename(columns=cols)[[key, *cols.values()]]
+    beside = _beside_by_rate if kind.match_by_rate else _beside_by_row
+    return beside(ours, theirs, key), [cols[c] for c in kind.paper_extra]
+
+
+# --- where the numbers came from ------------------------------------------------------------------------------
+
+def _provenance(results: pd.DataFrame, variants: pd.DataFrame, swept: list[str]) -> list[str]:
+    ok = results[results["status"] == "ok"]
+    lines = []
+    if ok.empty:
+        return ["no finished runs yet"]
+
+    def uniq(col):
+        return [v for v in dict.fromkeys(ok[col].dropna()) if v != ""] if col in ok else []
+
+    data = uniq("data")
+    lines.append(f"data: {'; '.join(data)}")
+    if (ng := uniq("n_gallery")) and (nq := uniq("n_query")):
+        queries, gallery = ", ".join(str(int(q)) for q in nq), ", ".join(str(int(g)) for g in ng)
+        lines.append(f"test set: {queries} queries against {gallery} gallery images "
+                     f"(chance R@1 = {100 / max(ng):.2g} %), protocol {', '.join(map(str, uniq('protocol')))}")
+    models = uniq("model")
+    if swept:
+        lines.append(f"model: {models[0]}; varied: {', '.join(swept)}")
+    else:
+        lines.append(f"model{'s' if len(models) > 1 else ''}: {'; '.join(models)}")
+    if "model_from" in ok and (ok["model_from"] != "").any():
+        lines.append("variants with model_from evaluate the model another variant trained (no training of their own)")
+    lines.append(f"hardware: {'; '.join(map(str, uniq('device')))}")
+    seeds = sorted({int(s) for s in ok["seed"]})
+    spread = "mean ± sample std over seeds" if variants["n"].max() > 1 else "one seed"
+    lines.append(f"seeds: {', '.join(map(str, seeds))} ({spread}); {len(ok)} finished runs of {len(results)}")
+    own = ok.drop_duplicates("source_run") if "source_run" in ok else ok  # a run reused twice ran once
+    total = pd.to_numeric(own.get("train_s"), errors="coerce").sum()
+    commits = sorted({str(c)[:8] for c in uniq("git_commit")}) or ["uncommitted"]
+    dates = sorted(str(s)[:10] for s in uniq("started"))
+    when = dates[0] if dates and dates[0] == dates[-1] else (f"{dates[0]} to {dates[-1]}" if dates else "?")
+    lines.append(f"run {when}, code {', '.join(commits)}; {total / 60:.0f} min of training in all")
+    if "source_run" in ok:
+        reused = ok[(ok["source_run"] != "") & (ok["source_run"] != ok["run"])]
+        if len(reused):
+            sources = ", ".join(sorted({s.split("/")[0] for s in reused["source_run"]}))
+            lines.append(f"{len(reused)} runs reused from {sources} (identical parameters; results.csv "
+                         "names each source run)")
+    bad = results[results["status"] != "ok"]
+    if len(bad):
+        lines.append("not finished: " + ", ".join(f"{r} ({s})" for r, s in zip(bad["run"], bad["status"])))
+    return lines
+
+
+# --- tables -----------------------------------------------------------------------------------------------------
+
+def build_table(results: pd.DataFrame, name: Optional[str] = None) -> Table:
+    """A results table (a sweep's results.csv, or one run's row) in the shape of its paper table."""
+    results = results.copy()
+    for col in TEXT_COLUMNS:  # empty cells of results.csv read back as NaN
+        if col in results:
+            results[col] = results[col].astype(object).fillna("").astype(str)
+    kind_name = results["table"].iloc[0] if "table" in results else OWN
+    kind = KINDS.get(kind_name, KINDS[OWN])
+    trained = results[results["model_from"] == ""] if "model_from" in results else results
+    swept = [c.removeprefix("param.") for c in results.columns
+             if c.startswith("param.") and c != "param.seed" and trained[c].astype(str).nunique() > 1]
+    variants = aggregate_seeds(results)
+    rows = kind.shape(variants) if len(variants) else []
+    table_rows, paper_extra = _beside_paper(rows, kind_name, kind) if rows else (pd.DataFrame(rows), [])
+    return Table(name or str(results["sweep"].iloc[0]), kind_name, table_rows,
+                 _provenance(results, variants, swept), list(kind.extra) if len(variants) else [], paper_extra)
+
+
+def load_sweep_tables(root: Optional[Path] = None) -> list[Table]:
+    """Every sweep's table under outputs/, in the paper's order of tables, then by sweep name."""
+    order = list(paper.TABLES)
+    tables = [build_table(pd.read_csv(p)) for p in find_results(root)]
+    return sorted(tables, key=lambda t: (order.index(t.kind) if t.kind in order else len(order), t.name))
+
+
+def table_of_run(run_name: str) -> Optional[Table]:
+    """One run's own results (retrieval, and re-ranking if it ran) as a table, or None if it has none yet.
+    The run may still be going (notebook 05 is part of it), and its metrics may come from an earlier call
+    of the runner (`--only 05`), so any metrics in the folder count."""
+    row = read_run_folder(run_dir(run_name), fresh_only=False)
+    if row.get("R@1") is None:
+        return None
+    row |= {"sweep": run_name, "table": OWN, "variant": run_name, "run": run_name, "source_run": run_name,
+            "seed": row.get("param.seed", 0), "label": run_name, "status": "ok"}
+    return build_table(pd.DataFrame([row]), run_name)
+
+
+def of_kind(tables: list[Table], kind: str) -> list[Table]:
+    return [t for t in tables if t.kind == kind]

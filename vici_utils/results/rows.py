@@ -1,0 +1,151 @@
+"""Reading results: one run folder -> one flat row, and a sweep's rows -> one row per variant over its seeds.
+
+This is the one reader of a run's manifest (run.json); the sweep, the tables and the notebooks all go through
+`read_manifest`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from ..metrics import METRICS
+from ..run_folder import RERANK, RETRIEVAL, read_manifest
+from ..model_stats import stats
+from ..params import Params
+from ..paths import outputs_root
+from ..provenance import describe_data, describe_model
+from ..rerank.fusion import FUSIONS
+
+RESULTS = "results.csv"  # written by a sweep in outputs/<sweep>/
+DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model",
+             "fusion")  # parameters every row carries as 'param.<key>'
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _flatten(prefix: str, d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(f"{prefix}{k}.", v)
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _written_by_this_run(path: Path, manifest: dict) -> Optional[dict]:
+    """A metrics file, if this run wrote it: a file older than the run's start is left over from an earlier
+    run in the same folder (say, re-ranking metrics of a run that has since dropped re-ranking)."""
+    try:
+        started = dt.datetime.fromisoformat(manifest["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        started = None
+    if started is not None and path.is_file() and path.stat().st_mtime < started:
+        return None
+    return _read_json(path)
+
+
+def _train_seconds(folder: Path, manifest: dict) -> Optional[float]:
+    """Training wall time: the train log's clock, else the training notebook's duration (which also counts
+    building the world when that run built it first)."""
+    log = folder / "train" / "train_log.csv"
+    if log.is_file():
+        try:
+            df = pd.read_csv(log)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            df = pd.DataFrame()
+        if "seconds" in df and len(df):  # train.py's clock: cumulative over epochs and resumed sessions
+            return float(df["seconds"].iloc[-1])
+    for nb in manifest.get("notebooks", []):
+        if nb.get("name", "").startswith("02") and nb.get("status") == "ok":
+            return nb.get("duration_s")
+    return None
+
+
+def read_run_folder(folder: Path, with_model_stats: bool = False, fresh_only: bool = True) -> dict:
+    """Everything the tables need from one run folder, as one flat row: status, provenance (data, model,
+    device, code version, dates), retrieval metrics, re-ranking metrics per fusion rule, durations.
+    fresh_only: ignore metrics files older than the manifest's start (left by an earlier run in the folder)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return {"status": "missing"}
+    row: dict = {"status": manifest.get("status", "unknown")}
+    failed = [n for n in manifest.get("notebooks", []) if n.get("status") not in ("ok", "pending", None)]
+    if failed and failed[0].get("error"):
+        err = failed[0]["error"]
+        row["error"] = f"{failed[0]['name']}: {err.get('ename')}: {str(err.get('evalue'))[:200]}"
+    try:
+        cfg = Params(**manifest.get("params", {}))
+    except Exception:  # noqa: BLE001 - a manifest of an older Params: still report what we can
+        cfg = None
+    env = manifest.get("environment", {})
+    row |= {"data": describe_data(cfg) if cfg else "", "model": describe_model(cfg) if cfg else "",
+            "device": env.get("device", ""), "started": manifest.get("started", ""),
+            "git_commit": (manifest.get("git") or {}).get("commit") or "",
+            "run_s": manifest.get("duration_s"), "train_s": _train_seconds(folder, manifest)}
+    if cfg:
+        row |= {f"param.{k}": getattr(cfg, k) for k in DESCRIBED}
+    since = manifest if fresh_only else {}
+    retrieval = _written_by_this_run(folder / RETRIEVAL / "metrics.json", since) or {}
+    row |= {k: retrieval.get(k) for k in (*METRICS, "protocol", "n_query", "n_gallery")}
+    rerank = _written_by_this_run(folder / RERANK / "metrics.json", since)
+    if rerank:
+        row |= {"rerank.backend": rerank.get("backend"), "rerank.model": rerank.get("model"),
+                "rerank.headline": rerank.get("headline"), "rerank.cost_usd": rerank.get("cost_usd")}
+        for part in ("retrieval", *FUSIONS):
+            if isinstance(rerank.get(part), dict):
+                row |= {f"rerank.{part}.{k}": rerank[part].get(k) for k in (*METRICS, "n_query")
+                        if k in rerank[part]}
+        for part in ("counts", "tokens"):
+            if isinstance(rerank.get(part), dict):
+                row |= _flatten(f"rerank.{part}.", rerank[part])
+    if with_model_stats and cfg:
+        s = stats(cfg.backbone, cfg.image_size)
+        row |= {"params_M": s["params_M"], "gmacs": s["gmacs"], "dims": s["dims"]}
+    return row
+
+
+def aggregate_seeds(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant (in sweep order) over its finished seeds: numeric columns -> mean and '<col>_std'
+    (sample standard deviation; NaN for one seed), other columns -> their first value, and n (seeds)."""
+    ok = results[results["status"] == "ok"]
+    rows = []
+    for variant in dict.fromkeys(results["variant"]):
+        g = ok[ok["variant"] == variant]
+        if g.empty:
+            continue
+        row = {"n": len(g), "seeds": " ".join(str(s) for s in g["seed"])}
+        for col in g.columns:
+            values = g[col]
+            if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) and col != "seed":
+                row[col] = values.mean()
+                row[f"{col}_std"] = values.std(ddof=1) if len(g) > 1 else math.nan
+            else:
+                row[col] = values.iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def find_results(root: Optional[Path] = None) -> list[Path]:
+    """Every sweep's results.csv under outputs/ (or root)."""
+    return sorted((root or outputs_root()).glob(f"*/{RESULTS}"))
+
+
+def overview(root: Optional[Path] = None) -> pd.DataFrame:
+    """Every sweep run found: where its numbers were computed, on what data and hardware, and how long it took."""
+    cols = ["sweep", "run", "source_run", "status", "data", "model", "device", "started", "run_s"]
+    frames = [pd.read_csv(p) for p in find_results(root)]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    df = pd.concat(frames, ignore_index=True)
+    return df[[c for c in cols if c in df]]
