@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fake_vlm_servers import FakeVLMServer  # noqa: E402
-from vici_utils import params as P  # noqa: E402
+from vici_utils.params import validate  # noqa: E402
 from vici_utils.rerank import run_rerank  # noqa: E402
 from vici_utils.rerank.kreciprocal import kreciprocal_distances  # noqa: E402
 
@@ -88,9 +88,9 @@ def main() -> None:
     print(f"one-off: importing google-genai took {time.perf_counter() - t:.2f} s (not counted below)")
     try:
         for backend, base, model in (("gemini", url, "gemini-2.5-flash"), ("openai", url + "/v1", "local-vlm")):
-            cfg = P.validate({"run_name": "bench", "rerank_backend": backend, "vlm_base_url": base, "vlm_model": model,
-                              "vlm_concurrency": args.concurrency, "vlm_rpm": 1_000_000, "rerank_top_k": 10,
-                              "vlm_image_size": args.image_size or None})
+            cfg = validate({"run_name": "bench", "rerank_backend": backend, "vlm_base_url": base, "vlm_model": model,
+                            "vlm_concurrency": args.concurrency, "vlm_rpm": 1_000_000, "rerank_top_k": 10,
+                            "vlm_image_size": args.image_size or None})
             t, cpu = time.perf_counter(), time.process_time()
             result = run_rerank(cfg, show_progress=False)
             elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu

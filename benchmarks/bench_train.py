@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from vici_utils import params as P
 from vici_utils.datasets import ImageListDataset
 from vici_utils.device import autocast, data_workers, resolve_device, resolve_precision, tune_for_training
 from vici_utils.losses import ContrastiveLoss
 from vici_utils.models import TwoTower
+from vici_utils.params import validate
 from vici_utils.transforms import model_transforms
 from vici_utils.train import pair_data, train_step
 from vici_utils.u1652 import University1652, open_dataset
@@ -66,8 +66,8 @@ def main(argv=None):
     tune_for_training(device)
     dtype = resolve_precision(args.precision, device)
     workers = data_workers(device, persistent=True) if args.workers is None else args.workers
-    cfg = P.validate({"data_root": args.data_root, "backbone": args.backbone, "image_size": args.image_size,
-                      "batch_size": args.batch, "drone_rate": 0.3, "precision": args.precision})
+    cfg = validate({"data_root": args.data_root, "backbone": args.backbone, "image_size": args.image_size,
+                    "batch_size": args.batch, "drone_rate": 0.3, "precision": args.precision})
     ds = open_dataset(cfg) if cfg.is_embedded else University1652(args.data_root)
     torch.manual_seed(0)
     model = TwoTower(args.backbone, image_size=args.image_size, shared_towers=args.shared_towers)

@@ -2,6 +2,8 @@
 import pytest
 
 TINY_WORLD = {"world_train_locations": 12, "world_test_locations": 6, "world_distractors": 3}
+# Tests that train use this small model from scratch (the default fine-tunes a pretrained one at 96 px, slower).
+TINY_MODEL = {"backbone": "resnet10t", "pretrained": False, "image_size": 64}
 
 
 @pytest.fixture
@@ -16,14 +18,14 @@ def tiny_world_outputs(tmp_path_factory):
     """An outputs folder holding a tiny generated world (generated once per session, then cached)."""
     import os
 
-    from vici_utils import params as P
+    from vici_utils.params import validate
     from vici_utils.world import WorldSpec, ensure_world
 
     root = tmp_path_factory.mktemp("shared_outputs")
     old = os.environ.get("VICI_OUTPUTS")
     os.environ["VICI_OUTPUTS"] = str(root)
     try:
-        ensure_world(WorldSpec.from_params(P.validate(TINY_WORLD)), progress=False)
+        ensure_world(WorldSpec.from_params(validate(TINY_WORLD)), progress=False)
     finally:
         if old is None:
             os.environ.pop("VICI_OUTPUTS")

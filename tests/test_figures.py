@@ -18,15 +18,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.conftest import TINY_WORLD  # noqa: E402
-from vici_utils import params as P  # noqa: E402
 from vici_utils.figures import data as data_figures  # noqa: E402
 from vici_utils.figures import results as result_figures  # noqa: E402
 from vici_utils.figures import retrieval as retrieval_figures  # noqa: E402
 from vici_utils.figures import stamp  # noqa: E402
 from vici_utils.figures import training as training_figures  # noqa: E402
+from vici_utils.params import validate  # noqa: E402
 from vici_utils.u1652 import ImageItem, RetrievalSet  # noqa: E402
 
-CFG = P.validate({"run_name": "figs"})
+CFG = validate({"run_name": "figs"})
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +120,7 @@ def test_similarity_matrices_before_and_after_training_share_one_colour_scale():
     street, sat = torch.zeros(4, 3, 8, 8), torch.zeros(4, 3, 8, 8)
     clims = []
     for collapsed in (True, False):
-        fig = training_figures.similarity_matrix(_Towers(collapsed), street, sat, CFG, "t")
+        fig = training_figures.batch_similarities(_Towers(collapsed), street, sat, CFG, "t")
         clims.append([im.get_clim() for ax in fig.axes for im in ax.get_images() if im.get_array().shape == (4, 4)][0])
     assert clims[0] == clims[1] == training_figures.SIMILARITY_RANGE
     assert "chance: 1/4" in fig._suptitle.get_text()
@@ -212,7 +212,7 @@ def tiny_ds(tiny_world_outputs, monkeypatch):
     from vici_utils.u1652 import open_dataset
 
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
-    return open_dataset(P.validate(TINY_WORLD), progress=False)
+    return open_dataset(validate(TINY_WORLD), progress=False)
 
 
 def test_world_json_cameras_match_the_regenerated_target(tiny_ds):

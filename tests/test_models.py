@@ -6,10 +6,10 @@ import timm
 import torch
 from PIL import Image
 
-from vici_utils import params as P
 from vici_utils.checkpoints import WeightsError
 from vici_utils.model_stats import model_summary
 from vici_utils.models import TwoTower, build_model, load_model_for_eval, model_from_checkpoint
+from vici_utils.params import validate
 from vici_utils.transforms import model_transforms
 
 VIT = "test_vit"  # timm's 0.3 M-parameter ViT for tests: CLS pooling, 16 px patches (32 px = 2x2 patches)
@@ -125,7 +125,7 @@ def test_vici_checkpoint_places_every_tensor(tmp_path):
         for p in sat.parameters():
             p.mul_(0.9)
     ckpt = _vici_checkpoint(tmp_path / "vici.ckpt", street, sat)
-    cfg = P.validate({"backbone": DINO, "image_size": 28, "init_checkpoint": str(ckpt)})
+    cfg = validate({"backbone": DINO, "image_size": 28, "init_checkpoint": str(ckpt)})
     m = build_model(cfg).eval()
     for k, v in street.state_dict().items():
         torch.testing.assert_close(m.street.state_dict()[k], v)
@@ -141,15 +141,15 @@ def test_vici_checkpoint_leftover_missing_and_tower_count_reported(tmp_path):
     bad = _vici_checkpoint(tmp_path / "extra.ckpt", street, street,
                            extra={"model.street_conv.blocks.99.mlp.fc1.weight": torch.zeros(2, 2)})
     with pytest.raises(WeightsError, match=r"1 of its tensors with no place in the model \(street\.blocks\.99\.mlp"):
-        build_model(P.validate({**base, "init_checkpoint": str(bad)}))
+        build_model(validate({**base, "init_checkpoint": str(bad)}))
     gap = _vici_checkpoint(tmp_path / "gap.ckpt", street, street, drop=["model.sat_conv.norm.weight"])
     with pytest.raises(WeightsError, match=r"1 model tensors not in it \(satellite\.norm\.weight\)"):
-        build_model(P.validate({**base, "init_checkpoint": str(gap)}))
+        build_model(validate({**base, "init_checkpoint": str(gap)}))
     two = _vici_checkpoint(tmp_path / "two.ckpt", street, street)
     with pytest.raises(WeightsError, match="holds two towers.*shared_towers: false"):
-        build_model(P.validate({**base, "shared_towers": True, "init_checkpoint": str(two)}))
+        build_model(validate({**base, "shared_towers": True, "init_checkpoint": str(two)}))
     with pytest.raises(WeightsError, match="not found"):
-        build_model(P.validate({**base, "init_checkpoint": str(tmp_path / "absent.ckpt")}))
+        build_model(validate({**base, "init_checkpoint": str(tmp_path / "absent.ckpt")}))
 
 
 def test_our_checkpoint_rebuilds_the_model_alone(tmp_path):
@@ -162,7 +162,7 @@ def test_our_checkpoint_rebuilds_the_model_alone(tmp_path):
 
 def test_load_model_for_eval_falls_back_checkpoint_then_init_then_bare(tmp_path, monkeypatch):
     monkeypatch.setenv("VICI_OUTPUTS", str(tmp_path / "out"))
-    cfg = P.validate({"run_name": "r", "image_size": 32})
+    cfg = validate({"run_name": "r", "image_size": 32})
     bare, tfs = load_model_for_eval(cfg)
     assert not bare.training and set(tfs) == {"street", "satellite"}
 

@@ -15,7 +15,7 @@ import torch
 from tests.conftest import TINY_WORLD
 from tests.fake_vlm_servers import FakeVLMServer
 from tests.notebooks import execute
-from vici_utils import params as P
+from vici_utils.params import load, read_yaml, validate
 from vici_utils.paths import REPO_ROOT
 from vici_utils.world import WorldSpec, ensure_world
 
@@ -29,7 +29,7 @@ def u1652_root(tiny_world_outputs):
     """The tiny world's folder: train/ and test/ in the University-1652 layout, plus the challenge files."""
     os.environ["VICI_OUTPUTS"] = str(tiny_world_outputs)
     try:
-        root = ensure_world(WorldSpec.from_params(P.validate(TINY_WORLD)), progress=False)
+        root = ensure_world(WorldSpec.from_params(validate(TINY_WORLD)), progress=False)
     finally:
         del os.environ["VICI_OUTPUTS"]
     assert (root / "train" / "satellite").is_dir() and (root / "test" / "query_street_name.txt").is_file()
@@ -90,7 +90,7 @@ def test_paper_recipe_runs_all_five_notebooks(tmp_path, u1652_root, dino_weights
     m = manifest(run)
     assert m["status"] == "ok" and [n["status"] for n in m["notebooks"]] == ["ok"] * 5
     # paper.yaml's recipe reached the run unchanged: NT-Xent, timm augmentation, selection on test
-    stored = P.read_yaml(run / "train" / "config.yaml")
+    stored = read_yaml(run / "train" / "config.yaml")
     assert (stored["loss"], stored["augment"], stored["select_on"], stored["val_fraction"], stored["lr"]) == \
         ("ntxent", "timm", "test", 0.0, 1e-5)
     assert stored["data_root"] == str(u1652_root)
@@ -134,8 +134,8 @@ def test_training_keys_changed_on_the_command_line_do_not_block_evaluation(tiny_
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
     from vici_utils.runner import run
 
-    cfg = P.load(REPO_ROOT / "params/default.yaml",
-                 {**TINY_WORLD, "run_name": "lrcheck", "epochs": 2, "lr": 0.001, "batch_size": 8, "device": "cpu"})
+    cfg = load(REPO_ROOT / "params/default.yaml",
+               {**TINY_WORLD, "run_name": "lrcheck", "epochs": 2, "lr": 0.001, "batch_size": 8, "device": "cpu"})
     m = run(cfg, only=["02", "03"], log=lambda line: None)
     assert [n["status"] for n in m["notebooks"]] == ["ok", "ok"]
     # papermill used directly, with the run name alone: the notebook reads the run's own parameters
@@ -149,8 +149,8 @@ def test_evaluation_refuses_a_checkpoint_of_other_data(tiny_world_outputs, monke
     from vici_utils.models import load_model_for_eval
     from vici_utils.train import train
 
-    cfg = P.validate({**TINY_WORLD, "run_name": "otherdata", "epochs": 1, "batch_size": 8, "device": "cpu",
-                      "val_fraction": 0.0})
+    cfg = validate({**TINY_WORLD, "run_name": "otherdata", "epochs": 1, "batch_size": 8, "device": "cpu",
+                    "val_fraction": 0.0})
     train(cfg, progress=False)
     load_model_for_eval(cfg.model_copy(update={"lr": 0.5, "epochs": 9}))  # training keys: fine
     with pytest.raises(WeightsError, match="world_seed"):

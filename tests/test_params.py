@@ -1,62 +1,63 @@
 """Parameters: validation messages name the key and what is allowed; secrets are refused."""
 import pytest
 
-from vici_utils import params as P
+from vici_utils.params import (PARAMETERS_DOC, Params, ParamsError, from_notebook, load, parameters_markdown,
+                               parse_set, to_yaml, validate)
 from vici_utils.paths import PARAMS_DIR
 
 
 def test_shipped_params_files_validate(monkeypatch, tmp_path):
-    assert P.load(PARAMS_DIR / "default.yaml").model_dump() == P.Params().model_dump()
+    assert load(PARAMS_DIR / "default.yaml").model_dump() == Params().model_dump()
     monkeypatch.setenv("U1652_ROOT", str(tmp_path))
-    paper = P.load(PARAMS_DIR / "paper.yaml")
+    paper = load(PARAMS_DIR / "paper.yaml")
     assert paper.data_root == str(tmp_path) and paper.backbone == "vit_large_patch14_dinov2.lvd142m"
     assert paper.image_size == 518 and paper.drone_rate == 0.3 and paper.rerank_backend == "gemini"
 
 
 def test_paper_params_without_data_root_say_how_to_set_it(monkeypatch):
     monkeypatch.delenv("U1652_ROOT", raising=False)
-    with pytest.raises(P.ParamsError, match=r"\$U1652_ROOT.*--set data_root"):
-        P.load(PARAMS_DIR / "paper.yaml")
-    assert P.load(PARAMS_DIR / "paper.yaml", {"data_root": "/data/u1652"}).data_root == "/data/u1652"
+    with pytest.raises(ParamsError, match=r"\$U1652_ROOT.*--set data_root"):
+        load(PARAMS_DIR / "paper.yaml")
+    assert load(PARAMS_DIR / "paper.yaml", {"data_root": "/data/u1652"}).data_root == "/data/u1652"
 
 
 def test_misspelt_key_is_named_with_a_suggestion(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("drone_rat: 0.3\n")
-    with pytest.raises(P.ParamsError, match=r"unknown parameter 'drone_rat'.*Did you mean 'drone_rate'"):
-        P.load(f)
-    with pytest.raises(P.ParamsError, match=r"--set: unknown parameter 'lr_rate'"):
-        P.load(None, {"lr_rate": 1})
+    with pytest.raises(ParamsError, match=r"unknown parameter 'drone_rat'.*Did you mean 'drone_rate'"):
+        load(f)
+    with pytest.raises(ParamsError, match=r"--set: unknown parameter 'lr_rate'"):
+        load(None, {"lr_rate": 1})
 
 
 def test_bad_values_name_key_and_allowed_values():
-    with pytest.raises(P.ParamsError, match=r"device = 'gpu'.*'auto', 'cpu' or 'cuda'"):
-        P.validate({"device": "gpu"})
-    with pytest.raises(P.ParamsError, match=r"drone_rate = 1.5.*less than or equal to 1"):
-        P.validate({"drone_rate": 1.5})
-    with pytest.raises(P.ParamsError, match=r"run_name"):
-        P.validate({"run_name": "../escape"})
+    with pytest.raises(ParamsError, match=r"device = 'gpu'.*'auto', 'cpu' or 'cuda'"):
+        validate({"device": "gpu"})
+    with pytest.raises(ParamsError, match=r"drone_rate = 1.5.*less than or equal to 1"):
+        validate({"drone_rate": 1.5})
+    with pytest.raises(ParamsError, match=r"run_name"):
+        validate({"run_name": "../escape"})
 
 
 def test_secrets_are_never_parameters():
     for key in ("api_key", "GEMINI_API_KEY", "openai_token"):
-        with pytest.raises(P.ParamsError, match="secret"):
-            P.validate({key: "abc"})
+        with pytest.raises(ParamsError, match="secret"):
+            validate({key: "abc"})
 
 
 def test_set_values_are_typed_and_paths_absolutised(tmp_path, monkeypatch):
-    over = P.parse_set(["drone_rate=0.1", "shared_towers=true", "image_size=null", "run_name=a/b"])
+    over = parse_set(["drone_rate=0.1", "shared_towers=true", "image_size=null", "run_name=a/b"])
     assert over == {"drone_rate": 0.1, "shared_towers": True, "image_size": None, "run_name": "a/b"}
     monkeypatch.chdir(tmp_path)
-    cfg = P.load(None, {"data_root": "u1652", "init_checkpoint": "w.ckpt"})
+    cfg = load(None, {"data_root": "u1652", "init_checkpoint": "w.ckpt"})
     assert cfg.data_root == str(tmp_path / "u1652") and cfg.init_checkpoint == str(tmp_path / "w.ckpt")
-    with pytest.raises(P.ParamsError, match="expected key=value"):
-        P.parse_set(["drone_rate"])
+    with pytest.raises(ParamsError, match="expected key=value"):
+        parse_set(["drone_rate"])
 
 
 def test_from_notebook_reads_only_known_keys():
-    cfg = P.from_notebook({"run_name": "nb", "drone_rate": 0.5, "pd": object(), "cfg": None})
-    assert cfg.run_name == "nb" and cfg.drone_rate == 0.5 and cfg.epochs == P.Params().epochs
+    cfg = from_notebook({"run_name": "nb", "drone_rate": 0.5, "pd": object(), "cfg": None})
+    assert cfg.run_name == "nb" and cfg.drone_rate == 0.5 and cfg.epochs == Params().epochs
 
 
 def test_secrets_in_parameters_stay_references(monkeypatch):
@@ -66,11 +67,24 @@ def test_secrets_in_parameters_stay_references(monkeypatch):
 
     monkeypatch.setenv("VLM_TOKEN", "s3cr3t-value-123")
     monkeypatch.setenv("DATA_HOME", "/data")
-    with pytest.raises(P.ParamsError, match="credentials in clear"):
-        P.load(None, {"vlm_base_url": "https://me:s3cr3t-value-123@host/v1"})
-    with pytest.raises(P.ParamsError, match="credentials in clear"):
-        P.load(None, {"vlm_base_url": "https://host/v1?api_key=s3cr3t-value-123"})
-    cfg = P.load(None, {"vlm_base_url": "https://me:${VLM_TOKEN}@host/v1", "init_checkpoint": "${DATA_HOME}/x.pt"})
+    with pytest.raises(ParamsError, match="credentials in clear"):
+        load(None, {"vlm_base_url": "https://me:s3cr3t-value-123@host/v1"})
+    with pytest.raises(ParamsError, match="credentials in clear"):
+        load(None, {"vlm_base_url": "https://host/v1?api_key=s3cr3t-value-123"})
+    cfg = load(None, {"vlm_base_url": "https://me:${VLM_TOKEN}@host/v1", "init_checkpoint": "${DATA_HOME}/x.pt"})
     assert cfg.vlm_base_url == "https://me:${VLM_TOKEN}@host/v1" and cfg.init_checkpoint == "/data/x.pt"
-    assert "s3cr3t" not in P.to_yaml(cfg)
+    assert "s3cr3t" not in to_yaml(cfg)
     assert expand_secret_refs(cfg.vlm_base_url) == "https://me:s3cr3t-value-123@host/v1"
+
+
+def test_every_parameter_has_a_description_and_one_row_in_the_docs():
+    missing = [k for k, f in Params.model_fields.items() if not (f.description or "").strip()]
+    assert not missing, f"parameters without a description in vici_utils/params.py: {missing}"
+    rows = [line.split("`")[1] for line in parameters_markdown().splitlines() if line.startswith("| `")]
+    assert rows == list(Params.model_fields), "each parameter once, in the order of Params"
+
+
+def test_parameters_doc_is_the_generated_one():
+    assert PARAMETERS_DOC.read_text() == parameters_markdown(), (
+        f"{PARAMETERS_DOC} is stale: it is generated from the descriptions in vici_utils/params.py. Regenerate it "
+        "with `.venv/bin/python -m vici_utils params-doc`")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vici_utils import params as P
 from vici_utils.checkpoints import WeightsError, read_checkpoint
 from vici_utils.models import TwoTower, build_model, load_model_for_eval
+from vici_utils.params import Params, ParamsError, validate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_checkpoint_that_needs_pickle_is_refused_without_running_it(tmp_path, mo
     for name in ("evil.pt", "evil2.pt"):
         with pytest.raises(WeightsError, match=rf"init_checkpoint .*{name} holds pickled Python objects \(.*\) .*not "
                                                r"loaded.*torch.save\(\{'state_dict'") as e:
-            build_model(P.validate({**base, "init_checkpoint": str(tmp_path / name)}))
+            build_model(validate({**base, "init_checkpoint": str(tmp_path / name)}))
         assert "\n" not in str(e.value)
     with pytest.raises(WeightsError, match=r"pretrained .*evil\.pt holds pickled Python objects"):
         TwoTower("resnet10t", pretrained=str(tmp_path / "evil.pt"))
@@ -65,7 +65,7 @@ def test_checkpoint_that_needs_pickle_is_refused_without_running_it(tmp_path, mo
     (shared / "train").mkdir(parents=True)
     (tmp_path / "evil2.pt").rename(shared / "train/best.pt")
     with pytest.raises(WeightsError, match=r"checkpoint .*best\.pt holds pickled Python objects"):
-        load_model_for_eval(P.validate(base), run_dir=shared)
+        load_model_for_eval(validate(base), run_dir=shared)
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
 
 
@@ -80,8 +80,8 @@ def test_lightning_checkpoint_with_pickled_hyper_parameters_loads_without_runnin
     ckpt = read_checkpoint(tmp_path / "vici.ckpt")
     assert not marker.exists(), "a class of the checkpoint was called while reading it"
     assert set(ckpt) == {"epoch", "pytorch-lightning_version", "state_dict", "callbacks"}  # objects left out
-    m = build_model(P.validate({"backbone": "resnet10t", "image_size": 32,
-                                "init_checkpoint": str(tmp_path / "vici.ckpt")}))
+    m = build_model(validate({"backbone": "resnet10t", "image_size": 32,
+                              "init_checkpoint": str(tmp_path / "vici.ckpt")}))
     for k, v in sat.state_dict().items():
         torch.testing.assert_close(m.satellite.state_dict()[k], v)
     assert not marker.exists()
@@ -212,7 +212,7 @@ def test_a_dead_kernel_says_it_likely_ran_out_of_memory(outputs, tmp_path):
     _notebook(books / "01_oom.ipynb", ["run_name = 'x'", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"])
     with pytest.raises(RunFailed, match=r"01_oom.ipynb: the kernel died, most likely out of memory.*smaller "
                                          r"batch_size, image_size or eval_batch_size"):
-        run(P.validate({"run_name": "oom"}), log=lambda s: None, notebooks_dir=books)
+        run(validate({"run_name": "oom"}), log=lambda s: None, notebooks_dir=books)
     import json
 
     assert json.loads((outputs / "oom/run.json").read_text())["status"] == "failed"
@@ -241,12 +241,12 @@ def test_unwritable_outputs_is_one_sentence_naming_the_folder(tmp_path, monkeypa
 
 def test_run_name_refuses_the_shared_folders_and_says_what_is_allowed():
     for name in ("worlds/x", "worlds", "cache/features"):
-        with pytest.raises(P.ParamsError, match=rf"run_name may not start with '{name.split('/')[0]}'"):
-            P.validate({"run_name": name})
-    with pytest.raises(P.ParamsError, match=r"letters, digits and _ - \. \(not first\), with '/' between") as e:
-        P.validate({"run_name": "my run"})
+        with pytest.raises(ParamsError, match=rf"run_name may not start with '{name.split('/')[0]}'"):
+            validate({"run_name": name})
+    with pytest.raises(ParamsError, match=r"letters, digits and _ - \. \(not first\), with '/' between") as e:
+        validate({"run_name": "my run"})
     assert "[A-Za-z" not in str(e.value)
-    assert P.validate({"run_name": "worlds_2/a.b"}).run_name == "worlds_2/a.b"
+    assert validate({"run_name": "worlds_2/a.b"}).run_name == "worlds_2/a.b"
 
 
 def test_a_corrupt_feature_cache_file_is_named_and_recomputed(tmp_path):
@@ -262,7 +262,7 @@ def test_a_corrupt_feature_cache_file_is_named_and_recomputed(tmp_path):
     model = TwoTower("resnet10t", image_size=32).eval()
     from vici_utils.transforms import model_transforms
 
-    tf = model_transforms(P.Params(image_size=32), model, train=False, view="street")
+    tf = model_transforms(Params(image_size=32), model, train=False, view="street")
     kw = dict(model_key="m", cache_dir=tmp_path / "cache", batch_size=2, device="cpu", num_workers=0, progress=False)
     first = embed.cached_features(model.encode_street, paths, tf, **kw)
     (cached,) = (tmp_path / "cache").glob("*.npy")

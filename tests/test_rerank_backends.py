@@ -5,7 +5,7 @@ import time
 import pytest
 
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
-from vici_utils import params as P
+from vici_utils.params import validate
 from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
 
 KEY = "test-key-SECRET-7f3a9c"
@@ -35,7 +35,7 @@ def config(backend, server, **kw):
     if backend == "openai":
         raw["vlm_model"] = "qwen2.5-vl"
     raw.update(kw)
-    return P.validate(raw)
+    return validate(raw)
 
 
 def rerank(cfg):
@@ -169,8 +169,8 @@ def test_unreachable_server_stops_instead_of_silently_keeping_retrieval(outputs,
     write_tiny_run(outputs, "t", buildings=12, queries_per_building=1)
     with FakeVLMServer() as s:
         url = s.url  # closed once the block ends: connection refused
-    cfg = P.validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
-                      "vlm_max_retries": 0, "rerank_top_k": 5})
+    cfg = validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
+                    "vlm_max_retries": 0, "rerank_top_k": 5})
     with pytest.raises(RerankError, match="server looks down"):
         rerank(cfg)
 

@@ -4,7 +4,7 @@ import base64
 import pytest
 
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
-from vici_utils import params as P
+from vici_utils.params import load, validate
 from vici_utils.paths import REPO_ROOT
 from vici_utils.rerank import RetryPolicy, load_features, run_rerank
 from vici_utils.rerank.schema import RerankAnswer, json_schema
@@ -15,7 +15,7 @@ VLM_KEYS = ("rerank_backend", "vlm_model", "vlm_image_size", "vlm_media_resoluti
 
 def paper_vlm(monkeypatch, tmp_path) -> dict:
     monkeypatch.setenv("U1652_ROOT", str(tmp_path))
-    return P.load(REPO_ROOT / "params" / "paper.yaml").subset(VLM_KEYS)
+    return load(REPO_ROOT / "params" / "paper.yaml").subset(VLM_KEYS)
 
 
 def test_paper_yaml_is_vicis_request(monkeypatch, tmp_path):
@@ -43,7 +43,7 @@ def test_the_paper_request_on_the_wire(outputs, monkeypatch, tmp_path, backend):
             raw.update(rerank_backend="openai", vlm_model="qwen2.5-vl", vlm_base_url=server.url + "/v1")
         else:
             raw["vlm_base_url"] = server.url
-        result = run_rerank(P.validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
+        result = run_rerank(validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
     assert result.metrics["counts"]["ok"] == 4
     paths = {**dict(zip(feats["query_names"], feats["query_paths"])),
              **dict(zip(feats["gallery_names"], feats["gallery_paths"]))}
@@ -83,8 +83,8 @@ def test_the_embedded_default_sends_small_jpegs(outputs, monkeypatch):
     for path in load_features(npz)["query_paths"]:
         Image.open(path).resize((120, 80)).save(path)
     with FakeVLMServer() as server:
-        cfg = P.validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
-                          "vlm_image_size": 32, "vlm_rpm": 100000})  # the default, 384, on 32-px-scale data
+        cfg = validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
+                        "vlm_image_size": 32, "vlm_rpm": 100000})  # the default, 384, on 32-px-scale data
         run_rerank(cfg, show_progress=False)
     assert [Image.open(io.BytesIO(s.images[0])).size for s in server.seen] == [(32, 21)] * 2
     assert server.seen[0].generation["mediaResolution"] == "MEDIA_RESOLUTION_LOW"

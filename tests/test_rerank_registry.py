@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from tests.fake_vlm_servers import write_tiny_run
-from vici_utils import params as P
+from vici_utils.params import Params, validate
 from vici_utils.paths import REPO_ROOT
 from vici_utils.rerank import fusion, load_features, report, rerankers, run_rerank
 from vici_utils.rerank.rerankers import RERANKERS, Reranked, outcomes_from_orders, reranker_class
 
 
 def test_params_take_their_choices_from_the_registries():
-    assert typing.get_args(P.Params.model_fields["rerank_backend"].annotation) == tuple(RERANKERS)
-    assert typing.get_args(P.Params.model_fields["fusion"].annotation) == tuple(fusion.FUSIONS)
+    assert typing.get_args(Params.model_fields["rerank_backend"].annotation) == tuple(RERANKERS)
+    assert typing.get_args(Params.model_fields["fusion"].annotation) == tuple(fusion.FUSIONS)
 
 
 def test_no_import_circle_and_params_import_no_reranker():
@@ -36,7 +36,7 @@ def test_every_registered_reranker_has_the_interface(name):
     assert cls.name == name
     for method in ("describe", "check", "rerank"):
         assert callable(getattr(cls, method, None)), f"{cls.__name__} lacks {method}"
-    assert cls.describe(P.validate({"rerank_backend": name}))
+    assert cls.describe(validate({"rerank_backend": name}))
 
 
 class ReverseReranker:
@@ -69,7 +69,7 @@ def test_a_new_reranker_and_fusion_rule_are_one_entry_each(outputs, monkeypatch)
     halfway.label = "fused: retrieval counted twice"
     monkeypatch.setitem(fusion.FUSIONS, "halfway", halfway)
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
-    cfg = P.validate({"run_name": "t", "rerank_top_k": 4}).model_copy(update={"rerank_backend": "reverse"})
+    cfg = validate({"run_name": "t", "rerank_top_k": 4}).model_copy(update={"rerank_backend": "reverse"})
     result = run_rerank(cfg, show_progress=False)
     assert (result.fused["vlm"][:, :4] == result.ranking[:, 3::-1]).all()
     assert result.metrics["backend"] == "reverse" and result.metrics["model"] == "reverse-v1"
@@ -81,7 +81,7 @@ def test_a_new_reranker_and_fusion_rule_are_one_entry_each(outputs, monkeypatch)
 
 def test_an_offline_order_that_is_not_a_permutation_is_refused(outputs):
     npz = write_tiny_run(outputs, "t", buildings=3, queries_per_building=1)
-    job = rerankers.RerankJob(P.validate({}), load_features(npz), np.tile(np.arange(5), (3, 1)), 3, outputs)
+    job = rerankers.RerankJob(validate({}), load_features(npz), np.tile(np.arange(5), (3, 1)), 3, outputs)
     with pytest.raises(rerankers.RerankError, match="not a permutation"):
         outcomes_from_orders(job, [[0, 1, 1]] * 3, ["x"] * 3, "bad")
 

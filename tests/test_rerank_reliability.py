@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
-from vici_utils import params as P
+from vici_utils.params import validate
 from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
 from vici_utils.rerank.ask import Asker, ask_all
 from vici_utils.rerank.cache import AnswerCache
@@ -44,7 +44,7 @@ def config(backend, url, **kw):
            "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2}
     if backend == "openai":
         raw["vlm_model"] = "qwen2.5-vl"
-    return P.validate({**raw, **kw})
+    return validate({**raw, **kw})
 
 
 def rerank(cfg):

@@ -6,16 +6,16 @@ import sys
 import time
 
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
-from vici_utils import params as P
+from vici_utils.params import validate
 from vici_utils.paths import REPO_ROOT
 from vici_utils.rerank import RetryPolicy, run_rerank
 
 KEY = "resume-key-SECRET-51d2"
 CHILD = """
 import json, sys
-from vici_utils import params as P
+from vici_utils.params import validate
 from vici_utils.rerank import RetryPolicy, run_rerank
-cfg = P.validate(json.loads(sys.argv[1]))
+cfg = validate(json.loads(sys.argv[1]))
 run_rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002), show_progress=False)
 """
 
@@ -52,7 +52,7 @@ def test_kill_and_resume_sends_no_stored_request_again(outputs, monkeypatch):
         with open(cache, "a") as f:
             f.write('{"key": "torn-by-the-kill", "ok": tru')
 
-        cfg = P.validate(raw)
+        cfg = validate(raw)
         result = run_rerank(cfg, retry=RetryPolicy(2, base_s=0.002), show_progress=False)
         resumed = server.seen[asked_before:]
         assert len(resumed) == 24 - stored, "every stored answer was reused, every other request sent once"

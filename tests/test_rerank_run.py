@@ -7,12 +7,12 @@ import pytest
 from tests.fake_vlm_servers import write_tiny_run
 from tests.notebooks import execute
 from vici_utils import answers, metrics
-from vici_utils import params as P
+from vici_utils.params import validate
 from vici_utils.rerank import load_features, metrics_table, run_rerank
 
 
 def cfg(**kw):
-    return P.validate({"run_name": "t", **kw})
+    return validate({"run_name": "t", **kw})
 
 
 def retrieval_top10(npz):

@@ -5,7 +5,7 @@ import os
 import nbformat
 import pytest
 
-from vici_utils import params as P
+from vici_utils.params import ParamsError, load, read_yaml, validate
 from vici_utils.runner import RunFailed, discover_notebooks, run
 from tests.conftest import TINY_WORLD
 
@@ -13,7 +13,7 @@ from tests.conftest import TINY_WORLD
 def test_runner_executes_notebook_01_and_writes_manifest(tiny_world_outputs, monkeypatch, tmp_path):
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
     monkeypatch.chdir(tmp_path)  # the caller's cwd must not matter
-    cfg = P.load(None, {"run_name": "nb01", **TINY_WORLD})
+    cfg = load(None, {"run_name": "nb01", **TINY_WORLD})
     lines = []
     manifest = run(cfg, only=["1"], log=lines.append)
     out = tiny_world_outputs / "nb01"
@@ -24,7 +24,7 @@ def test_runner_executes_notebook_01_and_writes_manifest(tiny_world_outputs, mon
     assert on_disk["params"]["world_train_locations"] == 12
     assert set(on_disk["environment"]) >= {"python", "torch", "timm", "faiss", "cuda", "device"}
     assert set(on_disk["git"]) == {"commit", "dirty"} and on_disk["started"] and on_disk["ended"]
-    assert P.read_yaml(out / "params.yaml")["run_name"] == "nb01"
+    assert read_yaml(out / "params.yaml")["run_name"] == "nb01"
     nb = nbformat.read(out / "01_data_exploration.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and 'run_name = "nb01"' in injected[0].source
@@ -51,7 +51,7 @@ def test_failing_notebook_stops_the_run_and_is_named(outputs, tmp_path):
     _notebook(books / "01_fine.ipynb", ["run_name = 'x'", "print('fine')"])
     _notebook(books / "02_broken.ipynb", ["run_name = 'x'", "x = 1", "raise ValueError('bad input file foo.jpg')"])
     _notebook(books / "03_never.ipynb", ["run_name = 'x'", "print('never')"])
-    cfg = P.validate({"run_name": "broken"})
+    cfg = validate({"run_name": "broken"})
     with pytest.raises(RunFailed, match=r"02_broken.ipynb failed in the cell run as \[4\] \(`raise ValueError.*ValueError: bad input file foo.jpg"):
         run(cfg, log=lambda s: None, notebooks_dir=books)
     manifest = json.loads((outputs / "broken/run.json").read_text())
@@ -72,7 +72,7 @@ def test_progress_lines_are_coalesced(outputs, tmp_path, capfd):
     # What another kernel of the test session may print meanwhile (its shutdown is not this run's business): the
     # test once failed on exactly this line, so it is there every time now, and must not matter.
     os.write(2, b"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n")
-    run(P.validate({"run_name": "bar"}), log=lines.append, notebooks_dir=books)
+    run(validate({"run_name": "bar"}), log=lines.append, notebooks_dir=books)
     bar = [line for line in lines if line.startswith("  [01] ") and "step" in line]
     assert bar and len(bar) < 5 and bar[-1].endswith("step 49")
     startup = [line for line in capfd.readouterr().err.splitlines() if "running over TCP without encryption" in line]
@@ -80,5 +80,5 @@ def test_progress_lines_are_coalesced(outputs, tmp_path, capfd):
 
 
 def test_only_rejects_unknown_numbers():
-    with pytest.raises(P.ParamsError, match="--only 09"):
+    with pytest.raises(ParamsError, match="--only 09"):
         discover_notebooks(["9"])

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from vici_utils import model_stats, paper, results, sweep
-from vici_utils import params as P
+from vici_utils.params import Params, ParamsError, read_yaml
 from vici_utils.paths import PARAMS_DIR, REPO_ROOT
 from vici_utils.results import cli as results_cli, render
 
-SWEEPS = sorted(p for p in (PARAMS_DIR / "tables").glob("*.yaml") if "sweep" in P.read_yaml(p))
+SWEEPS = sorted(p for p in (PARAMS_DIR / "tables").glob("*.yaml") if "sweep" in read_yaml(p))
 
 
-def write_run(outputs, run_name, params: P.Params, r1=10.0, rerank=True, status="ok",
+def write_run(outputs, run_name, params: Params, r1=10.0, rerank=True, status="ok",
               notebooks=("02_finetune.ipynb", "03_retrieval.ipynb", "04_rerank.ipynb")):
     """A run folder as the runner and notebooks 03/04 write it: run.json, retrieval and rerank metrics."""
     folder = outputs / run_name
@@ -104,7 +104,7 @@ def test_shipped_sweeps_expand_and_share_runs(outputs, monkeypatch, tmp_path):
 
 def test_paper_sweeps_say_how_to_set_the_data_root(monkeypatch):
     monkeypatch.delenv("U1652_ROOT", raising=False)
-    with pytest.raises(P.ParamsError, match=r"paper.yaml.*\$U1652_ROOT.*--set data_root"):
+    with pytest.raises(ParamsError, match=r"paper.yaml.*\$U1652_ROOT.*--set data_root"):
         sweep.load(PARAMS_DIR / "tables" / "paper_drone_rate.yaml")
     runs = sweep.load(PARAMS_DIR / "tables" / "paper_drone_rate.yaml", {"data_root": "/data/u1652"}).runs
     assert {r.params.data_root for r in runs} == {"/data/u1652"}
@@ -128,24 +128,24 @@ def test_paper_sweeps_say_how_to_set_the_data_root(monkeypatch):
 ])
 def test_bad_variants_are_named(tmp_path, base, variants, error):
     f = write_sweep(tmp_path / "s.yaml", f"sweep: s\ntable: ablation\nbase: base.yaml\nvariants:\n{variants}\n")
-    with pytest.raises(P.ParamsError, match="(?s)" + error):
+    with pytest.raises(ParamsError, match="(?s)" + error):
         sweep.load(f)
 
 
 def test_bad_sweep_files_are_named(tmp_path, base):
     f = write_sweep(tmp_path / "s.yaml", "sweep: s\nbase: missing.yaml\nvariants: [{name: a}]\n")
-    with pytest.raises(P.ParamsError, match=r"s.yaml: base parameters file 'missing.yaml' not found"):
+    with pytest.raises(ParamsError, match=r"s.yaml: base parameters file 'missing.yaml' not found"):
         sweep.load(f)
     f = write_sweep(tmp_path / "s.yaml", "sweep: s\nbase: base.yaml\nvarients: [{name: a}]\n")
-    with pytest.raises(P.ParamsError, match=r"variants: Field required[\s\S]*varients: Extra inputs"):
+    with pytest.raises(ParamsError, match=r"variants: Field required[\s\S]*varients: Extra inputs"):
         sweep.load(f)
     f = write_sweep(tmp_path / "s.yaml", "sweep: s\nbase: base.yaml\nset: {lr: -1}\nvariants: [{name: a}]\n")
-    with pytest.raises(P.ParamsError, match=r"s.yaml: set: invalid parameters\n  lr = -1"):
+    with pytest.raises(ParamsError, match=r"s.yaml: set: invalid parameters\n  lr = -1"):
         sweep.load(f)
-    with pytest.raises(P.ParamsError, match="not a sweep file"):
+    with pytest.raises(ParamsError, match="not a sweep file"):
         sweep.load(base)
     f = write_sweep(tmp_path / "s.yaml", "sweep: s\nbase: base.yaml\nvariants: [{name: a}]\n")
-    with pytest.raises(P.ParamsError, match=r"--set: 'seed' cannot be set"):
+    with pytest.raises(ParamsError, match=r"--set: 'seed' cannot be set"):
         sweep.load(f, {"seed": 1})
     assert sweep.main([str(f), "--set", "drone_rat=1", "--dry-run"]) == 2
 
@@ -325,7 +325,7 @@ def test_readme_section_replaces_only_what_lies_between_the_markers(outputs, tmp
     assert "| p0 | 0 | 12.00 ± 2.00 | 22.00 ± 2.00 | 32.00 ± 2.00 | 3 | P = 0 | 24.47 |" in text
     assert "paper's R@1" in text and "| P = 0.5 | 24.89 |" in text
     readme.write_text("# no markers\n")
-    with pytest.raises(P.ParamsError, match="results:start"):
+    with pytest.raises(ParamsError, match="results:start"):
         results.write_readme("x", readme)
     assert results_cli.main(["--readme", str(readme)]) == 2
 

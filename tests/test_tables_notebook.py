@@ -1,6 +1,6 @@
 """Notebook 05 executed headlessly: on a tiny sweep's results beside the paper's, and with no results at all."""
-from vici_utils import params as P
 from vici_utils import sweep
+from vici_utils.params import validate
 from tests.notebooks import execute
 from tests.test_sweep import write_run, write_sweep
 
@@ -18,7 +18,7 @@ def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
     for r, r1 in zip(s.runs, (10.0, 11.0, 14.0, 16.0)):
         write_run(outputs, r.run_name, r.params, r1=r1, notebooks=("03_retrieval.ipynb", "04_rerank.ipynb"))
     sweep.collect(s)
-    write_run(outputs, "mine", P.validate({"drone_rate": 0.3}), r1=12.5)
+    write_run(outputs, "mine", validate({"drone_rate": 0.3}), r1=12.5)
 
     text, images = _execute(tmp_path / "out.ipynb", "mine")
     assert "sweeps found: tiny_drone (drone_rate)" in text

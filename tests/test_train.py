@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 
-from vici_utils import params as P
 from vici_utils.losses import ContrastiveLoss, info_nce
+from vici_utils.params import validate
 from vici_utils.train import TrainConfigError, lr_factor, train
 
 from .conftest import TINY_WORLD
@@ -84,11 +84,11 @@ def test_ddp_gathered_loss_and_gradient_equal_single_process(tmp_path, kind):
 
 
 def test_schedules():
-    cfg = P.validate({"epochs": 10, "warmup_epochs": 2})
+    cfg = validate({"epochs": 10, "warmup_epochs": 2})
     f = [lr_factor(s, 5, cfg) for s in range(50)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
-    exp = P.validate({"epochs": 10, "warmup_epochs": 0, "schedule": "exponential", "lr_gamma": 0.5})
+    exp = validate({"epochs": 10, "warmup_epochs": 0, "schedule": "exponential", "lr_gamma": 0.5})
     assert [lr_factor(s, 5, exp) for s in (0, 4, 5, 12)] == [1.0, 1.0, 0.5, 0.25]
 
 
@@ -97,10 +97,10 @@ def test_schedules():
 def tiny_cfg(tiny_world_outputs, tmp_path, monkeypatch):
     from vici_utils.world import WorldSpec
 
-    root = tiny_world_outputs / "worlds" / WorldSpec.from_params(P.validate(TINY_WORLD)).key()
+    root = tiny_world_outputs / "worlds" / WorldSpec.from_params(validate(TINY_WORLD)).key()
     monkeypatch.setenv("VICI_OUTPUTS", str(tmp_path / "outputs"))
-    return P.validate({"data_root": str(root), "image_size": 32, "batch_size": 4, "epochs": 3, "val_every": 2,
-                       "warmup_epochs": 1, "num_workers": 0, "eval_batch_size": 16})
+    return validate({"data_root": str(root), "image_size": 32, "batch_size": 4, "epochs": 3, "val_every": 2,
+                     "warmup_epochs": 1, "num_workers": 0, "eval_batch_size": 16})
 
 
 def test_training_writes_its_files_and_a_rerun_returns_the_stored_result(tiny_cfg, tmp_path):

@@ -76,6 +76,23 @@ def test_corrupt_jpeg_reports_its_path(tmp_path):
         load_image(ds.train.street["0001"][0])
 
 
+def test_a_truncated_image_fails_where_it_is_decoded_with_its_path(tmp_path):
+    """Pillow opens a truncated JPEG and fails only when it decodes: every reader of images still names the file."""
+    from vici_utils.datasets import decode_image
+    from vici_utils.rerank.prompt import image_bytes
+
+    noise = Image.effect_noise((96, 96), 60).convert("RGB")  # noise: most of the file is scan data, past the header
+    noise.save(tmp_path / "whole.jpg", format="JPEG")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[:len(data) * 3 // 4])
+    with Image.open(cut) as im:
+        assert im.format == "JPEG"  # opening alone succeeds
+    for read in (load_image, lambda p: decode_image(p, 16), lambda p: image_bytes(str(p), 32)):
+        with pytest.raises(DatasetError, match=r"cut\.jpg: cannot read this image"):
+            read(cut)
+
+
 def test_validation_split_is_seeded_and_disjoint(tmp_path):
     ds = University1652(make_tree(tmp_path, train=[f"{i:04d}" for i in range(20)]))
     a_train, a_val = ds.split_buildings(0.2, seed=1)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import TINY_WORLD
-from vici_utils import params as P
 from vici_utils import retrieval, verifier
+from vici_utils.params import validate
 from vici_utils.rerank import run_rerank
 from vici_utils.run_folder import RERANK, stage_dir
 from vici_utils.train import train
@@ -32,8 +32,8 @@ def test_ranking_and_reason_describe_the_verifier_order():
 @pytest.fixture
 def trained_run(tiny_world_outputs, monkeypatch):
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
-    cfg = P.validate({**TINY_WORLD, "run_name": "verified", "epochs": 1, "batch_size": 8, "device": "cpu",
-                      "rerank_backend": "verifier", "verifier_epochs": 2, "rerank_top_k": 5, "val_fraction": 0.2})
+    cfg = validate({**TINY_WORLD, "run_name": "verified", "epochs": 1, "batch_size": 8, "device": "cpu",
+                    "rerank_backend": "verifier", "verifier_epochs": 2, "rerank_top_k": 5, "val_fraction": 0.2})
     train(cfg, progress=False)
     retrieval.run_retrieval(cfg, progress=False)
     return cfg

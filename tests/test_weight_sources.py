@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from vici_utils import params as P
 from vici_utils import weight_sources as W
 from vici_utils.checkpoints import WeightsError
 from vici_utils.models import TwoTower, create_backbone
+from vici_utils.params import absolutize, validate
 
 DATA = Path(__file__).parent / "data"
 LITE0 = "tf_efficientnet_lite0"
@@ -83,7 +83,7 @@ def test_two_tower_from_package(packaged_state):
 
 
 def test_pretrained_package_is_a_parameter_value_not_a_path():
-    cfg = P.absolutize(P.validate({"backbone": LITE0, "pretrained": "package"}))
+    cfg = absolutize(validate({"backbone": LITE0, "pretrained": "package"}))
     assert cfg.pretrained == "package"
 
 

@@ -1,11 +1,11 @@
-"""Command line: `python -m vici_utils run|world|sweep|results ...`."""
+"""Command line: `python -m vici_utils run|world|sweep|results|params-doc ...`."""
 from __future__ import annotations
 
 import argparse
 import errno
 import sys
 
-from . import params as P
+from .params import ParamsError, load, parse_set
 
 INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C
 
@@ -13,7 +13,7 @@ INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C
 def _run(args) -> int:
     from .runner import RunFailed, RunInterrupted, run
 
-    cfg = P.load(args.params, P.parse_set(args.set))
+    cfg = load(args.params, parse_set(args.set))
     only = args.only.split(",") if args.only else None
     try:
         run(cfg, only=only)
@@ -41,7 +41,7 @@ def _not_writable(e: OSError) -> str:
 def _world(args) -> int:
     from .world import WorldSpec, ensure_world
 
-    cfg = P.load(args.params, P.parse_set(args.set))
+    cfg = load(args.params, parse_set(args.set))
     print(ensure_world(WorldSpec.from_params(cfg)))
     return 0
 
@@ -56,6 +56,14 @@ def _results(argv) -> int:
     from .results.cli import main as results_main
 
     return results_main(argv)
+
+
+def _params_doc(args) -> int:
+    from .params import PARAMETERS_DOC, parameters_markdown
+
+    PARAMETERS_DOC.write_text(parameters_markdown())
+    print(f"wrote {PARAMETERS_DOC}")
+    return 0
 
 
 # These parse their own arguments (options may come first).
@@ -80,7 +88,7 @@ def _main(argv) -> int:
     if argv and argv[0] in PASS_THROUGH:
         try:
             return PASS_THROUGH[argv[0]](argv[1:])
-        except P.ParamsError as e:
+        except ParamsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     parser = argparse.ArgumentParser(prog="python -m vici_utils", description=__doc__)
@@ -95,10 +103,12 @@ def _main(argv) -> int:
         p.set_defaults(fn=fn)
     sub.add_parser("sweep", help="run every variant of sweep files and collect results.csv (sweep --help)")
     sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
+    sub.add_parser("params-doc", help="write docs/parameters.md from the descriptions in vici_utils/params.py"
+                   ).set_defaults(fn=_params_doc)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except P.ParamsError as e:
+    except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .u1652 import DatasetError, ImageItem, TrainSplit
+from .u1652 import DatasetError, ImageItem, TrainSplit, load_image
 
 SATELLITE = -1  # PairKey.drone value for "use the satellite tile"
 
@@ -43,20 +43,14 @@ DECODED = DecodedCache(int(os.environ.get("VICI_DECODED_CACHE_MB", "1024")) << 2
 
 
 def decode_image(path: Path | str, size: Optional[int] = None) -> Image.Image:
-    """Open an image as RGB (from DECODED when it holds it). For a JPEG much bigger than `size`, let libjpeg
-    decode at 1/2, 1/4 or 1/8 scale (`draft`), keeping at least twice the target size so the resize still
-    antialiases. Transforms return new images, so the cached one is never modified."""
+    """An image as RGB (from DECODED when it holds it). A JPEG much bigger than `size` is decoded at a reduced
+    scale that keeps at least twice the target size, so the resize still antialiases. Transforms return new
+    images, so the cached one is never modified."""
     key = (str(path), size)
     cached = DECODED.get(key)
     if cached is not None:
         return cached
-    try:
-        with Image.open(path) as im:
-            if size and im.format == "JPEG":
-                im.draft("RGB", (2 * size, 2 * size))
-            image = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
+    image = load_image(path, draft_size=2 * size if size else None)
     DECODED.put(key, image)
     return image
 

@@ -7,8 +7,10 @@ API keys come from the environment only.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .rerank.fusion import FUSIONS  # the registries (they import nothing of params: no circle)
 from .rerank.rerankers import RERANKERS
 
-from .paths import resolve_user_path, run_dir
+from .paths import REPO_ROOT, resolve_user_path, run_dir
 from .rerank.redaction import SECRET_NAME, clear_credentials
 from .run_folder import PARAMS, TRAIN
 _ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -37,42 +39,62 @@ class Params(BaseModel):
 
     # --- the run -------------------------------------------------------------------------------
     run_name: str = Field("default", description="folder under outputs/ ('sweep/variant' nests)")
-    data_root: str = Field("embedded", description="'embedded' or a University-1652 folder")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    data_root: str = Field("embedded", description="'embedded' (the generated world, outputs/worlds/) or a "
+                                                   "University-1652 folder holding train/ and test/")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to train and embed; auto = cuda when torch sees a GPU, else cpu")
+    seed: int = Field(0, description="seeds the model's initial weights, the validation split, every training epoch "
+                                     "(street picks, drone draws, augmentation) and the VLM's shuffled orders")
     num_workers: Optional[int] = Field(None, ge=0, description="DataLoader workers; None = automatic")
 
     # --- the embedded world (used when data_root == 'embedded') ----------------------------------
-    world_seed: int = 0
-    world_train_locations: int = Field(400, ge=4)
-    world_test_locations: int = Field(150, ge=2)
-    world_distractors: int = Field(50, ge=0)
-    world_difficulty: float = Field(0.5, ge=0.0, le=1.0)
-    world_challenge: bool = True
+    world_seed: int = Field(0, description="seed of the embedded world: scenes, cameras, photo noise")
+    world_train_locations: int = Field(400, ge=4, description="training locations (buildings) of the embedded world")
+    world_test_locations: int = Field(150, ge=2, description="test locations: their street photos are the queries, "
+                                                               "their tiles the gallery")
+    world_distractors: int = Field(50, ge=0, description="extra gallery tiles no query asks for (University-1652: "
+                                                          "250 buildings)")
+    world_difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 easy to 1 hard: scene clutter and each "
+                                                                      "photo's exposure, colour and noise spread")
+    world_challenge: bool = Field(True, description="also write the challenge layout (workshop_* folders, "
+                                                    "query_street_name.txt) that notebook 03 answers")
 
     # --- data split -----------------------------------------------------------------------------
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="train buildings held out for validation")
-    include_google: bool = False
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train buildings held out for validation "
+                                                                  "(select_on: val); 0 = none, train on all")
+    include_google: bool = Field(False, description="also read train/google/ (University-1652's extra street "
+                                                    "photos from Google) into dataset.train.google; training "
+                                                    "does not use them")
 
     # --- model ----------------------------------------------------------------------------------
-    backbone: str = "resnet10t"
-    pretrained: Union[bool, str] = Field(False, description="false, true (hub weights), package (weights a pip "
+    backbone: str = Field("tf_efficientnet_lite0", description="timm model name of both towers (timm.list_models)")
+    pretrained: Union[bool, str] = Field("package", description="false, true (hub weights), package (weights a pip "
                                          "package ships, vici_utils.weight_sources) or a weights file")
-    image_size: Optional[int] = Field(64, ge=16, description="None = the model's own data config")
-    shared_towers: bool = False
+    image_size: Optional[int] = Field(96, ge=16, description="side of the square model input, px; None = the "
+                                                              "model's own data config")
+    shared_towers: bool = Field(False, description="one backbone (and head) for both views; false = two towers "
+                                                   "that start from the same weights")
     embed_dim: Optional[int] = Field(None, ge=1, description="projection head size; None = no head")
-    init_checkpoint: Optional[str] = None
+    init_checkpoint: Optional[str] = Field(None, description=(
+        "start the towers from this file, one of our .pt checkpoints or VICI's Lightning checkpoint (with epochs: 0 "
+        "it is evaluated as it is); None = the backbone with its `pretrained` weights"))
 
     # --- training -------------------------------------------------------------------------------
-    epochs: int = Field(64, ge=0)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    schedule: Literal["cosine", "exponential"] = "cosine"
-    warmup_epochs: int = Field(2, ge=0)
+    epochs: int = Field(32, ge=0, description="training epochs; 0 = no training, evaluate init_checkpoint or the "
+                                              "pretrained backbone")
+    batch_size: int = Field(64, ge=2, description="(street, satellite) pairs per step and GPU, each of another "
+                                                  "building: the other pairs are the negatives")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate after warm-up (the schedule's peak)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW's decoupled weight decay, on weight matrices (on "
+                                                        "every parameter with decay_norms_and_biases)")
+    schedule: Literal["cosine", "exponential"] = Field("cosine", description=(
+        "learning rate after warm-up: cosine to 0 at the last epoch; exponential: x lr_gamma each epoch (VICI)"))
+    warmup_epochs: int = Field(2, ge=0, description="epochs of linear warm-up from near 0 to lr; 0 = none")
     lr_gamma: float = Field(0.9, gt=0, le=1, description="per-epoch decay of the exponential schedule")
-    temperature: float = Field(0.1, gt=0)
-    learnable_temperature: bool = True
+    temperature: float = Field(0.1, gt=0, description="loss temperature T (logits = cosine / T); the start value "
+                                                      "when learnable_temperature")
+    learnable_temperature: bool = Field(True, description="learn T with the model (as log 1/T, as CLIP does; T "
+                                                          "stays >= 0.01); false = fixed")
     loss: Literal["infonce", "ntxent"] = Field(
         "infonce", description="infonce: CLIP's cross-view cross-entropy; ntxent: VICI's NT-Xent over all 2N "
                                "embeddings (same-view negatives too)")
@@ -81,32 +103,54 @@ class Params(BaseModel):
                             "timm: VICI's timm training transform for every view (crop scale 0.08-1, flip, jitter 0.4)")
     decay_norms_and_biases: bool = Field(
         False, description="weight decay on 1-D parameters too (VICI: torch AdamW on every parameter)")
-    drone_rate: float = Field(0.3, ge=0.0, le=1.0)
-    drone_high_only: bool = False
+    drone_rate: float = Field(0.3, ge=0.0, le=1.0, description="drone mixing: probability P that a training "
+                                                                "satellite tile is replaced by a drone view of its "
+                                                                "building; 0 = off")
+    drone_high_only: bool = Field(False, description="drone mixing draws from the high-altitude first third of "
+                                                     "each drone sequence only")
     rotate_drone: bool = Field(False, description="random 90-degree turns of drone photos too, as of satellite "
                                                   "tiles (augment: mild)")
-    street_sampling: Literal["one", "all"] = "one"
-    val_every: int = Field(5, ge=1)
-    select_on: Literal["val", "test"] = "val"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    grad_checkpointing: bool = False
-    compile: bool = False
-    resume: bool = True
+    street_sampling: Literal["one", "all"] = Field("one", description=(
+        "one: an epoch is one random street photo per building (VICI); all: every street photo once"))
+    val_every: int = Field(5, ge=1, description="epochs between R@1 checks on the select_on set (the last epoch "
+                                                "is always checked); best.pt keeps the best")
+    select_on: Literal["val", "test"] = Field("val", description=(
+        "the set that chooses best.pt: val = held-out train buildings (val_fraction); test = the test set, as VICI "
+        "did (optimistic)"))
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
+        "autocast for training and embedding; auto = bf16 on a GPU or a CPU with bf16 units (AMX, AVX512-BF16), "
+        "else fp32"))
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                                        "memory, slower steps")
+    compile: bool = Field(False, description="torch.compile the training forward pass (slow first steps)")
+    resume: bool = Field(True, description="continue from train/last.pt of this run, or return its finished "
+                                           "result; false = train again from scratch")
 
     # --- retrieval evaluation -------------------------------------------------------------------
-    flip_tta: bool = False
-    faiss_index: Literal["flat", "hnsw"] = "flat"
-    eval_batch_size: int = Field(128, ge=1)
+    flip_tta: bool = Field(False, description="retrieval embeds each image plus its horizontal flip (the official "
+                                              "test.py option)")
+    faiss_index: Literal["flat", "hnsw"] = Field("flat", description=(
+        "gallery search: flat = exact; hnsw = approximate graph search, for galleries of millions"))
+    eval_batch_size: int = Field(128, ge=1, description="images per batch when embedding (validation, retrieval)")
 
     # --- re-ranking -----------------------------------------------------------------------------
-    rerank_backend: Literal[tuple(RERANKERS)] = Field("kreciprocal", description="rerank.rerankers.RERANKERS")
-    rerank_top_k: int = Field(10, ge=2)
-    fusion: Literal[tuple(FUSIONS)] = Field("weighted", description="rule in answer_fused.txt (rerank.fusion)")
-    vlm_model: str = "gemini-2.5-flash"
-    vlm_base_url: Optional[str] = None
-    vlm_concurrency: int = Field(4, ge=1)
-    vlm_rpm: int = Field(60, ge=1)
-    vlm_permutations: int = Field(1, ge=1)
+    rerank_backend: Literal[tuple(RERANKERS)] = Field("kreciprocal", description=(
+        "stage 2: none; kreciprocal (offline); gemini or openai (a VLM); verifier (a learned model, offline); "
+        "the registry is rerank.rerankers.RERANKERS"))
+    rerank_top_k: int = Field(10, ge=2, description="candidates re-ranked per query: the retrieval's top K (lower "
+                                                    "ranks keep their order)")
+    fusion: Literal[tuple(FUSIONS)] = Field("weighted", description=(
+        "rule of answer_fused.txt: weighted = re-ranked rank + retrieval rank (VICI); vlm = the re-ranker's order; "
+        "rrf = reciprocal rank fusion (rerank.fusion.FUSIONS)"))
+    vlm_model: str = Field("gemini-2.5-flash", description="model name sent to the VLM server (a Gemini model id, "
+                                                           "or an OpenAI-compatible server's model)")
+    vlm_base_url: Optional[str] = Field(None, description=(
+        "the VLM server; None = Google's Gemini API (rerank_backend: openai needs one); ${VAR} refers to an "
+        "environment variable"))
+    vlm_concurrency: int = Field(4, ge=1, description="VLM requests in flight at once")
+    vlm_rpm: int = Field(60, ge=1, description="at most this many VLM requests a minute, evenly spaced")
+    vlm_permutations: int = Field(1, ge=1, description="orders each query's candidates are shown in (retrieval "
+                                                       "order, then seeded shuffles); ranks are averaged")
     vlm_image_size: Optional[int] = Field(384, ge=32, description=(
         "longest side of the images sent, re-encoded as JPEG: small and cheap (the embedded default); "
         "None = each file's own bytes at full resolution (VICI, params/paper.yaml)"))
@@ -120,15 +164,18 @@ class Params(BaseModel):
     vlm_max_retries: int = Field(5, ge=0, description="unusable answers asked again, per request and run")
     vlm_max_fallback_share: float = Field(0.5, ge=0.0, le=1.0, description=(
         "a run in which more re-ranked queries than this share kept their retrieval order fails; 1 accepts any"))
-    vlm_timeout_s: float = Field(120.0, gt=0)
-    vlm_max_queries: Optional[int] = Field(None, ge=1, description="re-rank only the first N queries")
-    vlm_price_in_per_mtok: Optional[float] = Field(None, ge=0, description="overrides the price table")
-    vlm_price_out_per_mtok: Optional[float] = Field(None, ge=0)
+    vlm_timeout_s: float = Field(120.0, gt=0, description="seconds one VLM request may take; then it is retried")
+    vlm_max_queries: Optional[int] = Field(None, ge=1, description="re-rank only the first N queries; None = all")
+    vlm_price_in_per_mtok: Optional[float] = Field(None, ge=0, description="USD per million input tokens; None = "
+                                                                            "the price table (rerank.pricing)")
+    vlm_price_out_per_mtok: Optional[float] = Field(None, ge=0, description="USD per million output tokens; None = "
+                                                                             "the price table")
     # One satellite tile and ~4 street photos per building: neighbourhoods are small, so k1 is too
     # (the person re-id default of k1=20, k2=6, lambda=0.3 lowers R@1 on the embedded world).
-    kr_k1: int = Field(4, ge=1)
-    kr_k2: int = Field(1, ge=1)
-    kr_lambda: float = Field(0.5, ge=0.0, le=1.0)
+    kr_k1: int = Field(4, ge=1, description="k-reciprocal: neighbours of each image's reciprocal set")
+    kr_k2: int = Field(1, ge=1, description="k-reciprocal: neighbours averaged by local query expansion; 1 = none")
+    kr_lambda: float = Field(0.5, ge=0.0, le=1.0, description="k-reciprocal: weight of the original distance "
+                                                              "(1 - lambda on the Jaccard distance)")
     verifier_epochs: int = Field(20, ge=1, description="training epochs of the learned verifier (rerank_backend: "
                                                        "verifier)")
     verifier_dim: int = Field(64, ge=8, description="the verifier's token width")
@@ -314,3 +361,75 @@ def from_notebook(namespace: dict) -> Params:
 
 def to_yaml(params: Params) -> str:
     return yaml.safe_dump(params.model_dump(), sort_keys=False)
+
+
+# --- docs/parameters.md, generated from the fields above (python -m vici_utils params-doc) ----------------------
+PARAMETERS_DOC = REPO_ROOT / "docs" / "parameters.md"
+
+
+def _sections() -> list[tuple[str, list[str]]]:
+    """Params' fields grouped as the `# --- title ---` comments of its class body group them."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in inspect.getsource(Params).splitlines():
+        title = re.match(r"\s*# --- (.+?) -+$", line)
+        field = re.match(r" {4}(\w+):", line)
+        if title:
+            sections.append((title.group(1), []))
+        elif field and field.group(1) in Params.model_fields:
+            sections[-1][1].append(field.group(1))
+    return sections
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bar would end the table cell
+
+
+def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _allowed(field) -> str:
+    """The values a field takes, from its type and bounds: 'auto \\| cpu \\| cuda', 'integer >= 1, or null'."""
+    kinds = {bool: "true \\| false", int: "integer", float: "number", str: "text"}
+    args = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Union else (field.annotation,)
+    parts = []
+    for t in args:
+        if t is type(None):
+            continue
+        if typing.get_origin(t) is Literal:
+            parts.append(" \\| ".join(_yaml_value(v) for v in typing.get_args(t)))
+        else:
+            parts.append(kinds.get(t, getattr(t, "__name__", str(t))))
+    bounds = [f"{op} {_yaml_value(getattr(m, name))}" for m in field.metadata
+              for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, name)]
+    text = ", or ".join(parts) + (" " + ", ".join(bounds) if bounds else "")
+    return text + (", or null" if type(None) in args else "")
+
+
+def parameters_markdown() -> str:
+    """docs/parameters.md: every parameter with its default, allowed values and description, grouped as in Params."""
+    lines = ["# Parameters", "",
+             "<!-- Generated from the field descriptions in vici_utils/params.py by "
+             "`python -m vici_utils params-doc`; edit those, not this file. -->", "",
+             "Every key of a parameters file (`params/*.yaml`) and of `--set key=value`. The defaults are the "
+             "embedded workbook (`params/default.yaml`); `params/paper.yaml` switches to University-1652 with VICI's "
+             "recipe. `null` in a file is None in the descriptions. Secrets (API keys) are never parameters: they "
+             "come from the environment.", ""]
+    for title, keys in _sections():
+        lines += [f"## {title[0].upper()}{title[1:]}", "", "| key | default | allowed | description |",
+                  "|---|---|---|---|"]
+        for key in keys:
+            f = Params.model_fields[key]
+            lines.append(f"| `{key}` | `{_yaml_value(f.default)}` | {_allowed(f)} | "
+                         f"{_cell(f.description or '')} |")
+        lines.append("")
+    lines += ["## What a trained model depends on", "",
+              "Evaluation checks these keys against a checkpoint's own (a model trained on other data or with "
+              "another architecture is refused):", "", ", ".join(f"`{k}`" for k in (*DATA_KEYS, *MODEL_KEYS)), "",
+              "Resuming training checks all of these; change one and use another `run_name`, or `resume: false`:", "",
+              ", ".join(f"`{k}`" for k in TRAIN_KEYS), ""]
+    return "\n".join(lines)

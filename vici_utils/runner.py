@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import params as P
+from .params import Params, ParamsError, to_yaml
 from .paths import NOTEBOOKS_DIR, REPO_ROOT, run_dir
 from .run_folder import MANIFEST, PARAMS, write_atomic, write_json
 
@@ -62,8 +62,8 @@ def discover_notebooks(only: Optional[list[str]] = None, folder: Path = NOTEBOOK
         wanted = {o.strip().zfill(2) for o in only if o.strip()}
         unknown = wanted - {b.name[:2] for b in books}
         if unknown:
-            raise P.ParamsError(f"--only {','.join(sorted(unknown))}: no such notebook in {folder} "
-                                f"(have: {', '.join(b.name for b in books)})")
+            raise ParamsError(f"--only {','.join(sorted(unknown))}: no such notebook in {folder} "
+                              f"(have: {', '.join(b.name for b in books)})")
         books = [b for b in books if b.name[:2] in wanted]
     return books
 
@@ -150,7 +150,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str], None] = print,
+def run(params: Params, only: Optional[list[str]] = None, log: Callable[[str], None] = print,
         notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
     """Execute the notebooks in order; returns the manifest. Raises RunFailed on the first failing one."""
     import papermill
@@ -160,7 +160,7 @@ def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str],
     books = discover_notebooks(only, notebooks_dir)
     out = run_dir(params.run_name)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / PARAMS, P.to_yaml(params))
+    write_atomic(out / PARAMS, to_yaml(params))
     manifest = {
         "run_name": params.run_name,
         "status": "running",
@@ -183,7 +183,7 @@ def run(params: P.Params, only: Optional[list[str]] = None, log: Callable[[str],
     t_run = time.time()
     for book, entry in zip(books, manifest["notebooks"]):
         declared = declared_parameters(book)
-        inject = params.subset(k for k in declared if k in P.Params.model_fields)
+        inject = params.subset(k for k in declared if k in Params.model_fields)
         target = out / book.name
         entry.update(status="running", started=_now(), output=str(target))
         write_json(manifest_path, manifest)

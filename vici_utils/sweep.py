@@ -42,7 +42,7 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import paper
-from . import params as P
+from .params import Params, ParamsError, TRAIN_KEYS, absolutize, parse_set, read_params_file, read_yaml, validate
 from .paths import outputs_root, run_dir
 from .results.rows import read_run_folder
 from .run_folder import CHECKPOINTS, MANIFEST, TRAIN, read_manifest
@@ -111,7 +111,7 @@ class PlannedRun:
     variant: Variant
     name: str                              # folder under outputs/<sweep>/: variant name, plus _s<seed> with seeds
     seed: Optional[int]
-    params: P.Params
+    params: Params
     only: Optional[list[str]] = None       # notebook numbers to execute (None: all)
     model_from: Optional[PlannedRun] = None  # the run whose trained model this one evaluates
 
@@ -146,18 +146,18 @@ class Sweep:
 def _check_keys(overrides: dict, where: str) -> None:
     for key in overrides:
         if key in RESERVED:
-            raise P.ParamsError(f"{where}: '{key}' cannot be set in a sweep ({RESERVED[key]})")
-    P.validate(dict(overrides), where)  # unknown keys and bad values, named with where they were written
+            raise ParamsError(f"{where}: '{key}' cannot be set in a sweep ({RESERVED[key]})")
+    validate(dict(overrides), where)  # unknown keys and bad values, named with where they were written
 
 
 def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
     """Read and validate a sweep file and every run it expands to; raises ParamsError naming the file,
     the variant and the key."""
     path = Path(path)
-    raw = P.read_yaml(path)
+    raw = read_yaml(path)
     if "sweep" not in raw and "variants" not in raw:
-        raise P.ParamsError(f"{path}: not a sweep file (expected the keys sweep, base and variants; a plain "
-                            "parameters file runs with `python -m vici_utils run`)")
+        raise ParamsError(f"{path}: not a sweep file (expected the keys sweep, base and variants; a plain "
+                          "parameters file runs with `python -m vici_utils run`)")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
@@ -171,16 +171,16 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
             where = ".".join(str(p) for p in loc)
             lines.append(f"  {where + ': ' if where else ''}{err['msg']}"
                          + (f" (got {err['input']!r})" if err["type"] != "missing" and where else ""))
-        raise P.ParamsError("\n".join(lines)) from None
+        raise ParamsError("\n".join(lines)) from None
 
     base_path = (path.parent / spec.base).resolve()
     if not base_path.is_file():
-        raise P.ParamsError(f"{path}: base parameters file {spec.base!r} not found (looked for {base_path}; "
-                            "base is relative to the sweep file)")
+        raise ParamsError(f"{path}: base parameters file {spec.base!r} not found (looked for {base_path}; "
+                          "base is relative to the sweep file)")
     overrides = overrides or {}
     _check_keys(overrides, "--set")
-    base = P.read_params_file(base_path)
-    P.validate(base | overrides, f"{base_path} (the base of {path})")
+    base = read_params_file(base_path)
+    validate(base | overrides, f"{base_path} (the base of {path})")
     _check_keys(spec.overrides, f"{path}: set")
     for v in spec.variants:
         _check_keys(v.overrides, f"{path}: variant '{v.name}'")
@@ -195,7 +195,7 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
             name = v.name if seed is None else f"{v.name}_s{seed}"
             raw_run = base | spec.overrides | v.overrides | ({"seed": seed} if seed is not None else {})
             raw_run |= overrides | {"run_name": f"{spec.sweep}/{name}"}
-            params = P.absolutize(P.validate(raw_run, f"{path}: variant '{name}'"))
+            params = absolutize(validate(raw_run, f"{path}: variant '{name}'"))
             run = PlannedRun(v, name, seed, params, only)
             if v.model_from:
                 run.model_from = next(r for r in runs if r.variant.name == v.model_from and r.seed == seed)
@@ -211,16 +211,16 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Sweep:
 def _evaluate_only(run: PlannedRun, path: Path, numbers: list[str]) -> None:
     """Make a model_from run evaluate its source's model: same training parameters, no training notebooks."""
     src = run.model_from
-    for key in P.TRAIN_KEYS:
+    for key in TRAIN_KEYS:
         if key not in ("init_checkpoint", "epochs") and getattr(run.params, key) != getattr(src.params, key):
-            raise P.ParamsError(f"{path}: variant '{run.name}' takes its model from '{src.name}' but sets the "
-                                f"training parameter {key} to {getattr(run.params, key)!r} (the model was trained "
-                                f"with {getattr(src.params, key)!r}); give it its own training instead")
+            raise ParamsError(f"{path}: variant '{run.name}' takes its model from '{src.name}' but sets the "
+                              f"training parameter {key} to {getattr(run.params, key)!r} (the model was trained "
+                              f"with {getattr(src.params, key)!r}); give it its own training instead")
     run.params = run.params.model_copy(update={"epochs": 0})
     run.only = [n for n in numbers if n not in TRAINING_NOTEBOOKS]
     if not run.only:
-        raise P.ParamsError(f"{path}: variant '{run.name}' (model_from '{src.name}') has no notebook to run "
-                            f"after training (only: {', '.join(numbers)})")
+        raise ParamsError(f"{path}: variant '{run.name}' (model_from '{src.name}') has no notebook to run "
+                          f"after training (only: {', '.join(numbers)})")
 
 
 def checkpoint_of(folder: Path) -> Path:
@@ -248,7 +248,7 @@ def _wanted_notebooks(only: Optional[list[str]]) -> list[str]:
     return [b.name for b in discover_notebooks(only)]
 
 
-def finished(manifest: Optional[dict], params: P.Params, notebooks: list[str]) -> bool:
+def finished(manifest: Optional[dict], params: Params, notebooks: list[str]) -> bool:
     """True when a manifest records a finished run of these parameters that executed these notebooks."""
     if not manifest or manifest.get("status") != "ok":
         return False
@@ -332,7 +332,7 @@ def select_variants(sweep: Sweep, names: list[str]) -> Sweep:
     known = [v.name for v in sweep.spec.variants]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise P.ParamsError(f"{sweep.path}: no variant {', '.join(map(repr, unknown))} (variants: {', '.join(known)})")
+        raise ParamsError(f"{sweep.path}: no variant {', '.join(map(repr, unknown))} (variants: {', '.join(known)})")
     keep = [r for r in sweep.runs if r.variant.name in names]
     sweep.selected = {r.run_name for r in keep} | {r.model_from.run_name for r in keep if r.model_from}
     return sweep
@@ -412,11 +412,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--variants", metavar="A,B", help="run only these variants (and the ones they take models from)")
     args = parser.parse_args(argv)
     try:
-        overrides = P.parse_set(args.set)
+        overrides = parse_set(args.set)
         sweeps = [load(s, overrides) for s in args.sweeps]  # all of them valid before anything runs
         if args.variants:
             sweeps = [select_variants(s, [n.strip() for n in args.variants.split(",") if n.strip()]) for s in sweeps]
-    except P.ParamsError as e:
+    except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from . import params as P
 from .datasets import PairBatchSampler, PairDataset
 from .device import autocast, data_workers, resolve_device, resolve_precision, tune_for_training
 from .losses import ContrastiveLoss
 from .metrics import METRICS
 from .models import build_model
+from .params import Params, ParamsError, config_differences, load, parse_set, read_yaml, to_yaml
 from .transforms import model_transforms
 from .run_folder import TRAIN, stage_dir, write_atomic
 from .progress import progress as progress_bar
@@ -85,7 +85,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, steps_per_epoch: int, cfg: P.Params) -> float:
+def lr_factor(step: int, steps_per_epoch: int, cfg: Params) -> float:
     """Linear warmup, then cosine to zero or VICI's per-epoch exponential decay (lr_gamma ** epoch)."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
@@ -106,7 +106,7 @@ def _param_groups(modules, weight_decay: float, decay_all: bool = False) -> list
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _setup_distributed(cfg: P.Params) -> tuple[int, int, torch.device]:
+def _setup_distributed(cfg: Params) -> tuple[int, int, torch.device]:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -124,7 +124,7 @@ def _setup_distributed(cfg: P.Params) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def pair_data(cfg: P.Params, model, dataset, train_ids=None, rank: int = 0, world: int = 1):
+def pair_data(cfg: Params, model, dataset, train_ids=None, rank: int = 0, world: int = 1):
     """The training pairs (with the model's training transforms) and the batch sampler that plans epochs."""
     if train_ids is None:
         train_ids, _ = dataset.split_buildings(cfg.val_fraction, cfg.seed)
@@ -136,7 +136,7 @@ def pair_data(cfg: P.Params, model, dataset, train_ids=None, rank: int = 0, worl
 
 
 # --- validation --------------------------------------------------------------------------------------
-def evaluate_model(model, retrieval_set, cfg: P.Params, device: torch.device) -> dict:
+def evaluate_model(model, retrieval_set, cfg: Params, device: torch.device) -> dict:
     """Street -> satellite metrics of a RetrievalSet with the official evaluator."""
     from .embed import extract_features
     from .metrics import evaluate
@@ -163,8 +163,8 @@ def stored_result(train_dir: Path) -> Optional[TrainResult]:
     return TrainResult(train_dir, read_log(train_dir), r["best_epoch"], r["best"], r["eval_set"], r["seconds"], 0)
 
 
-def _check_stored_config(stored: dict, cfg: P.Params, where: Path) -> None:
-    diff = P.config_differences(stored, cfg)
+def _check_stored_config(stored: dict, cfg: Params, where: Path) -> None:
+    diff = config_differences(stored, cfg)
     if diff:
         raise TrainConfigError(f"{where} was trained with other parameters: {', '.join(diff)}. "
                                "Use another run_name, or resume: false to train this run again from scratch.")
@@ -186,7 +186,7 @@ def train_step(fwd, loss_fn, opt, street: torch.Tensor, tile: torch.Tensor, devi
     return loss
 
 
-def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] = None) -> TrainResult:
+def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = None) -> TrainResult:
     """Train (or resume, or return the stored result of) the run `cfg.run_name`.
 
     stop_after_epoch ends this call once that many epochs are done, as an interruption would; the next
@@ -204,7 +204,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
     if cfg.resume:
         done = stored_result(train_dir)
         if done is not None and last_path.is_file():
-            _check_stored_config(P.read_yaml(train_dir / "config.yaml"), cfg, train_dir)
+            _check_stored_config(read_yaml(train_dir / "config.yaml"), cfg, train_dir)
             return done
     ckpt = None
     if cfg.resume and last_path.is_file():
@@ -260,7 +260,7 @@ def train(cfg: P.Params, progress: bool = True, stop_after_epoch: Optional[int] 
         if start_epoch == 0:  # a fresh start: files of an earlier attempt must not pass for this run's
             for name in ("result.json", "best.pt", "last.pt", "train_log.csv"):
                 (train_dir / name).unlink(missing_ok=True)
-        write_atomic(train_dir / "config.yaml", P.to_yaml(cfg))
+        write_atomic(train_dir / "config.yaml", to_yaml(cfg))
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     bar = progress_bar(total=cfg.epochs * steps_per_epoch, initial=step, unit="step",
                        disable=not (progress and main), desc=f"epoch {start_epoch + 1}/{cfg.epochs}")
@@ -328,8 +328,8 @@ def main(argv=None) -> None:
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override parameters")
     args = ap.parse_args(argv)
     try:
-        cfg = P.load(args.params, P.parse_set(args.set))
-    except P.ParamsError as e:
+        cfg = load(args.params, parse_set(args.set))
+    except ParamsError as e:
         raise SystemExit(str(e)) from None
     try:
         r = train(cfg, progress=True)

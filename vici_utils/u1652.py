@@ -11,6 +11,7 @@ and folders (names starting with '.', such as macOS's ._*.jpg AppleDouble files)
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -99,13 +100,24 @@ def _items(view: dict[str, list[Path]], name_of) -> list[ImageItem]:
     return [ImageItem(p, b, name_of(p)) for b, paths in view.items() for p in paths]
 
 
-def load_image(path: Path | str) -> Image.Image:
-    """Open an image as RGB; a corrupt or unreadable file names its path."""
+@contextlib.contextmanager
+def open_image(path: Path | str):
+    """Image.open for data files: a missing, corrupt or truncated file raises DatasetError naming its path.
+    Pillow decodes lazily, so the body's errors (convert, verify, load) are caught too."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            yield im
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
+
+
+def load_image(path: Path | str, draft_size: Optional[int] = None) -> Image.Image:
+    """An image as RGB. draft_size: a JPEG much bigger than it is decoded by libjpeg at 1/2, 1/4 or 1/8 scale,
+    still at least draft_size pixels on each side (fast; other formats are decoded at full size)."""
+    with open_image(path) as im:
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (draft_size, draft_size))
+        return im.convert("RGB")
 
 
 class University1652:
@@ -223,9 +235,6 @@ def sample_image_sizes(paths: list[Path], n: int = 200, seed: int = 0) -> "pd.Da
     picked = rng.sample(paths, min(n, len(paths)))
     rows = []
     for p in picked:
-        try:
-            with Image.open(p) as im:
-                rows.append({"width": im.width, "height": im.height})
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DatasetError(f"{p}: cannot read this image ({e}); re-download or remove the file") from None
+        with open_image(p) as im:
+            rows.append({"width": im.width, "height": im.height})
     return pd.DataFrame(rows)

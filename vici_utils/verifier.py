@@ -1,7 +1,7 @@
 """A learned cross-view verifier: the offline second look at a shortlist.
 
 Retrieval compares two vectors computed apart. The verifier looks at a street photo and one candidate tile
-*together*: the frozen stage-1 towers turn each image into a grid of feature tokens (their last two stages), a
+*together*: the frozen stage-1 towers turn each image into a grid of feature tokens (their last stage), a
 small transformer attends across both sets of tokens, and one number comes out per pair. Trained on the
 training buildings only, against the stage-1 model's own shortlists (its hardest mistakes), and chosen on the
 held-out validation buildings; the test set is never seen. Its ranking then goes through the same fusion rules
@@ -29,6 +29,7 @@ from .transforms import model_transforms
 from .u1652 import open_dataset
 
 ROTATIONS = 4  # tiles have no heading relative to the street photo: every tile is seen in its 4 rotations
+LEVELS = 1     # stages of the tower whose feature maps become tokens, counted from the last (2 costs ~6x more)
 
 
 # --- tokens from the frozen stage-1 towers -----------------------------------------------------------------
@@ -46,30 +47,24 @@ class Tokens:
 
 @torch.inference_mode()
 def tower_tokens(model, view: str, items: Sequence, transform, rotations: int = 1, batch_size: int = 128,
-                 progress: bool = False) -> Tokens:
-    """Feature tokens of the last two stages of `view`'s tower and its embedding, for every image (and each of
-    `rotations` quarter turns of it)."""
+                 progress: bool = False, levels: int = LEVELS) -> Tokens:
+    """Feature tokens of the last `levels` stages of `view`'s tower and its embedding, for every image (and each
+    of `rotations` quarter turns of it)."""
     tower = model.tower(view)
     loader = torch.utils.data.DataLoader(ImageListDataset(items, transform), batch_size=batch_size, num_workers=0)
-    levels: list[list[torch.Tensor]] = []
+    per_level: list[list[torch.Tensor]] = [[] for _ in range(levels)]
     embs = []
     model.eval()
     with progress_bar(total=len(items), desc=f"verifier tokens ({view})", unit="img", disable=not progress) as bar:
         for x, _ in loader:
-            per_rot_levels, per_rot_emb = [], []
-            for r in range(rotations):
-                xr = torch.rot90(x, r, dims=(-2, -1)) if r else x
-                maps = tower.forward_intermediates(xr, indices=2, intermediates_only=True)
-                per_rot_levels.append([m.flatten(2).transpose(1, 2) for m in maps])  # [b, h*w, C]
-                per_rot_emb.append(model.encode(xr, view))
-            for i in range(len(per_rot_levels[0])):
-                while len(levels) <= i:
-                    levels.append([])
-                levels[i].append(torch.stack([lv[i] for lv in per_rot_levels], 1))
-            embs.append(torch.stack(per_rot_emb, 1))
+            turns = [torch.rot90(x, r, dims=(-2, -1)) for r in range(rotations)]
+            maps = [tower.forward_intermediates(xr, indices=levels, intermediates_only=True) for xr in turns]
+            for i in range(levels):  # [b, rotations, h*w, C]
+                per_level[i].append(torch.stack([m[i].flatten(2).transpose(1, 2) for m in maps], 1))
+            embs.append(torch.stack([model.encode(xr, view) for xr in turns], 1))
             bar.update(len(x))
-    grids = [(int(math.isqrt(t[0].shape[2])),) * 2 for t in levels]
-    return Tokens([torch.cat(t).float() for t in levels], torch.cat(embs).float(), grids)
+    grids = [(int(math.isqrt(t[0].shape[2])),) * 2 for t in per_level]
+    return Tokens([torch.cat(t).float() for t in per_level], torch.cat(embs).float(), grids)
 
 
 # --- the model ---------------------------------------------------------------------------------------------

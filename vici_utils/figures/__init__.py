@@ -1,6 +1,8 @@
 """Figures for the notebooks, one module per notebook topic. Every figure says which data and model it shows.
 
 The provenance lines (describe_*) live in vici_utils.provenance; they are re-exported here for the notebooks.
+What the topic modules share lives here: `stamp` (the provenance line under a figure) and `framed` (an image
+panel with a coloured frame).
 """
 from __future__ import annotations
 
@@ -10,6 +12,22 @@ __all__ = ["describe_data", "describe_model", "describe_selection", "stamp"]
 
 STAMP_PT = 7          # font size of the stamp
 STAMP_GAP_IN = 0.08   # inches between the lowest drawn thing and the stamp, and under the stamp
+
+
+def framed(ax, image=None, title: str = "", colour: str | None = None, width: float = 3.0, fontsize: float = 7):
+    """An image panel: `image` (an array or PIL image; None draws nothing) without ticks, `title` above it, and a
+    frame of `colour`, `width` points thick ("none": no frame; None: matplotlib's thin black one)."""
+    if image is not None:
+        ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if colour is not None:
+        for side in ax.spines.values():
+            side.set_edgecolor(colour)
+            side.set_linewidth(width)
+    if title:
+        drawn = width if colour not in (None, "none") else 0.0
+        ax.set_title(title, fontsize=fontsize, pad=2 + drawn)   # clear of a thick frame
 
 
 def _renderer(fig):

@@ -11,7 +11,7 @@ from PIL import Image
 from ..rerank.fusion import FUSIONS
 from ..rerank.report import describe_reranker
 from ..u1652 import load_image
-from . import describe_model, stamp
+from . import describe_model, framed, stamp
 
 
 def _model(cfg) -> str:
@@ -44,18 +44,6 @@ def before_after_plot(result, cfg):
     return _finish(fig, cfg)
 
 
-def _thumb(ax, path, title, colour=None):
-    ax.imshow(load_image(path))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=7)
-    for spine in ax.spines.values():
-        spine.set_visible(colour is not None)
-        if colour:
-            spine.set_color(colour)
-            spine.set_linewidth(3)
-
-
 def pick_wins_and_losses(result, rule: str, n: int = 2):
     """Queries whose true match the rule moved up the most (wins) and down the most (losses)."""
     df = result.per_query
@@ -85,15 +73,15 @@ def wins_and_losses(result, cfg, n: int = 2):
     for r, (kind, q) in enumerate(rows):
         o = result.outcomes[q]
         truth = feats["query_ids"][q]
-        _thumb(axes[r][0], feats["query_paths"][q], f"{kind}: query\n{o.name[-18:]}", "tab:blue")
+        framed(axes[r][0], load_image(feats["query_paths"][q]), f"{kind}: query\n{o.name[-18:]}", "tab:blue")
         order = result.fused[rule][q, :k]
         for c, g in enumerate(order):
             name = feats["gallery_names"][g]
             was = o.candidates.index(name) + 1
             own = o.order.index(was - 1) + 1  # the re-ranker's own rank of it, before fusion
             correct = feats["gallery_ids"][g_index[name]] == truth
-            _thumb(axes[r][c + 1], feats["gallery_paths"][g], f"{c + 1} (ret. {was}, re-r. {own})",
-                   "tab:green" if correct else None)
+            framed(axes[r][c + 1], load_image(feats["gallery_paths"][g]), f"{c + 1} (ret. {was}, re-r. {own})",
+                   "tab:green" if correct else "none")
         note = textwrap.shorten(o.note, 230, placeholder=" ...")
         axes[r][0].text(0, -0.22, textwrap.fill(f"re-ranker's own order, before fusion: {note}", 150),
                         transform=axes[r][0].transAxes, fontsize=7, va="top", ha="left")
@@ -158,12 +146,9 @@ def request_sheet(request, cfg, answer: dict | None = None):
     shown = textwrap.fill(texts[0], 150) + "\n\n" + textwrap.fill(texts[-1].replace("\n", " "), 150)
     text_ax.text(0, 1, shown, fontsize=6.5, va="top", ha="left", family="monospace")
     for i, part in enumerate(images):
-        ax = fig.add_subplot(grid[1 + i // cols, i % cols])
-        ax.imshow(Image.open(BytesIO(part.data)).convert("RGB"))
-        ax.set_xticks([])
-        ax.set_yticks([])
         label = "Ground photo" if i == 0 else f"Satellite image {i}"
-        ax.set_title(f"{label}\n{len(part.data) / 1024:.0f} KB {part.mime.split('/')[-1]}", fontsize=7)
+        framed(fig.add_subplot(grid[1 + i // cols, i % cols]), Image.open(BytesIO(part.data)).convert("RGB"),
+               f"{label}\n{len(part.data) / 1024:.0f} KB {part.mime.split('/')[-1]}")
     if answer:
         fig.text(0.01, 0.01, textwrap.fill("answer as parsed: " + "; ".join(f"{k}: {v}" for k, v in answer.items()),
                                            170), fontsize=7, va="bottom")

@@ -9,27 +9,17 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter
 
 from ..u1652 import load_image
-from . import stamp
+from . import framed, stamp
 
 GOOD, QUERY, OTHER = "#1a9850", "#2166ac", "0.75"
 
 
 @lru_cache(maxsize=512)
-def _thumb(path: str, size: int = 112) -> np.ndarray:
+def _thumb(path, size: int = 112) -> np.ndarray:
+    """An image as a thumbnail of at most `size` px, cached: the grids show each gallery tile many times."""
     img = load_image(path)
     img.thumbnail((size, size))
     return np.asarray(img)
-
-
-def _show(ax, path, colour: str, width: float, title: str = "") -> None:
-    ax.imshow(_thumb(str(path)))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for side in ax.spines.values():
-        side.set_edgecolor(colour)
-        side.set_linewidth(width)
-    if title:
-        ax.set_title(title, fontsize=7, pad=2 + width)   # clear of a thick frame
 
 
 def rank_bin_width(n_gallery: int, max_bars: int = 100) -> int:
@@ -107,17 +97,18 @@ def retrieval_grid(result, cfg, queries: Sequence[int], k: int = 10, title: Opti
                              squeeze=False, gridspec_kw={"width_ratios": ratios, "wspace": 0.08, "hspace": 0.55})
     for row, qi, rank in zip(axes, queries, ranks):
         q = test.queries[qi]
-        _show(row[0], q.path, QUERY, 3, f"query {q.building}\ntrue tile at rank {rank}")
+        framed(row[0], _thumb(q.path), f"query {q.building}\ntrue tile at rank {rank}", QUERY, 3)
         for j, (ax, gi) in enumerate(zip(row[1:k + 1], result.topk_indices[qi][:k]), start=1):
             g = test.gallery[gi]
             good = g.building == q.building
-            _show(ax, g.path, GOOD if good else OTHER, 3 if good else 0.8,
-                  f"{j}. {g.building}{' ✓' if good else ''}\n{result.topk_scores[qi][j - 1]:.3f}")
+            title = f"{j}. {g.building}{' ✓' if good else ''}\n{result.topk_scores[qi][j - 1]:.3f}"
+            framed(ax, _thumb(g.path), title, GOOD if good else OTHER, 3 if good else 0.8)
         if extra:
             row[k + 1].axis("off")
             truth = _true_tile(result, qi) if rank > k else None
             if truth is not None:
-                _show(row[k + 2], test.gallery[truth[0]].path, GOOD, 3, f"true tile: rank {rank}\n{truth[1]:.3f}")
+                framed(row[k + 2], _thumb(test.gallery[truth[0]].path), f"true tile: rank {rank}\n{truth[1]:.3f}",
+                       GOOD, 3)
             else:
                 row[k + 2].axis("off")
     n = len(queries)
@@ -148,24 +139,24 @@ def worst_failures(result, cfg, n: int = 6, k: int = 5):
                              squeeze=False, gridspec_kw={"width_ratios": ratios, "wspace": 0.08, "hspace": 0.55})
     for row, qi in zip(axes, order):
         q = test.queries[qi]
-        _show(row[0], q.path, QUERY, 3, f"query {q.building}")
+        framed(row[0], _thumb(q.path), f"query {q.building}", QUERY, 3)
         truth = _true_tile(result, qi)
         if truth is not None:
-            _show(row[1], test.gallery[truth[0]].path, GOOD, 3,
-                  f"true tile: rank {m['first_match_rank'][qi]}\n{truth[1]:.3f}")
+            framed(row[1], _thumb(test.gallery[truth[0]].path),
+                   f"true tile: rank {m['first_match_rank'][qi]}\n{truth[1]:.3f}", GOOD, 3)
         else:
             row[1].axis("off")
         row[2].axis("off")
         for j, (ax, gi) in enumerate(zip(row[3:], result.topk_indices[qi][:k]), start=1):
             g = test.gallery[gi]
-            _show(ax, g.path, OTHER, 0.8, f"{j}. {g.building}\n{result.topk_scores[qi][j - 1]:.3f}")
+            framed(ax, _thumb(g.path), f"{j}. {g.building}\n{result.topk_scores[qi][j - 1]:.3f}", OTHER, 0.8)
     fig.suptitle(f"the {len(order)} worst queries (one per building): the query, the tile it should have found "
                  f"(green),\nand the {k} tiles it ranked first instead", fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.85 / fig.get_figheight(), bottom=0.01)
     return stamp(fig, cfg, model=result.model_description)
 
 
-def similarity_matrix(result, cfg, max_buildings: int = 30, seed: int = 0):
+def query_tile_similarities(result, cfg, max_buildings: int = 30, seed: int = 0):
     """Cosine similarity of street queries (rows, grouped by building) to their buildings' tiles (columns).
     Each building's true cells (its queries' rows in its tile's column) are boxed; a white dot marks each row's
     maximum. A working model puts every dot in a box."""
@@ -200,6 +191,8 @@ def similarity_matrix(result, cfg, max_buildings: int = 30, seed: int = 0):
               bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.colorbar(im, ax=ax, label="cosine similarity")
     return stamp(fig, cfg, model=result.model_description)
+
+
 
 
 def pca_2d(*blocks: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:

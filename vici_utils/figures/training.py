@@ -9,7 +9,7 @@ import torch
 
 from ..datasets import SATELLITE, PairKey, decode_image, drone_choices
 from ..transforms import model_transforms
-from . import stamp
+from . import framed, stamp
 
 
 def to_image(x: torch.Tensor, data_config: dict) -> np.ndarray:
@@ -17,17 +17,6 @@ def to_image(x: torch.Tensor, data_config: dict) -> np.ndarray:
     mean = torch.tensor(data_config["mean"]).view(3, 1, 1)
     std = torch.tensor(data_config["std"]).view(3, 1, 1)
     return (x.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def _bare(ax, title: str = "", colour: str | None = None):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8, pad=2)
-    if colour:
-        for side in ax.spines.values():
-            side.set_edgecolor(colour)
-            side.set_linewidth(2.5)
 
 
 def drone_mixing(pairs, model, cfg, n: int = 4, seed: int = 0):
@@ -47,14 +36,13 @@ def drone_mixing(pairs, model, cfg, n: int = 4, seed: int = 0):
         picks = [0, allowed // 2, allowed - 1]
         keys = [PairKey(b, 0, SATELLITE, seed)] + [PairKey(b, 0, d, seed + 1 + j) for j, d in enumerate(picks)]
         street, sat, *_ = pairs[keys[0]]
-        _bare(ax_row[0], f"street\n{pairs.buildings[b]}", "#2166ac")
-        ax_row[0].imshow(to_image(street, dc))
-        _bare(ax_row[1], f"satellite\n(p = {1 - cfg.drone_rate:.2f})", "#1a9850")
-        ax_row[1].imshow(to_image(sat, dc))
+        framed(ax_row[0], to_image(street, dc), f"street\n{pairs.buildings[b]}", "#2166ac", 2.5, fontsize=8)
+        framed(ax_row[1], to_image(sat, dc), f"satellite\n(p = {1 - cfg.drone_rate:.2f})", "#1a9850", 2.5,
+               fontsize=8)
         for ax, key in zip(ax_row[2:], keys[1:]):
             _, tile, *_ = pairs[key]
-            _bare(ax, f"drone {key.drone + 1}/{n_drone}\n(p = {cfg.drone_rate / allowed:.2f} each)", "#d73027")
-            ax.imshow(to_image(tile, dc))
+            title = f"drone {key.drone + 1}/{n_drone}\n(p = {cfg.drone_rate / allowed:.2f} each)"
+            framed(ax, to_image(tile, dc), title, "#d73027", 2.5, fontsize=8)
     only = "the high first third of " if cfg.drone_high_only else ""
     fig.suptitle(f"Drone mixing: with probability {cfg.drone_rate:g} the satellite tile (green) is replaced by one "
                  f"of {only}the building's drone views (red)", fontsize=9)
@@ -68,8 +56,8 @@ SIMILARITY_RANGE = (0.0, 1.0)
 
 
 @torch.no_grad()
-def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg, title: str, temperature: float = 0.1,
-                      vrange: tuple[float, float] = SIMILARITY_RANGE):
+def batch_similarities(model, street: torch.Tensor, satellite: torch.Tensor, cfg, title: str, temperature: float = 0.1,
+                       vrange: tuple[float, float] = SIMILARITY_RANGE):
     """The InfoNCE picture for one batch: cosine similarities street x satellite, thumbnails on the axes,
     and the softmax of row i that the loss pushes towards its diagonal cell. The colour scale is fixed
     (`vrange`, 0 to 1 by default), so matrices before and after training compare by colour."""
@@ -84,12 +72,8 @@ def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg,
     grid = fig.add_gridspec(n + 1, n + 2, width_ratios=[1] * (n + 1) + [0.25], height_ratios=[1] * (n + 1),
                             wspace=0.05, hspace=0.05)
     for i in range(n):
-        ax = fig.add_subplot(grid[i + 1, 0])
-        ax.imshow(to_image(street[i], dc))
-        _bare(ax)
-        ax = fig.add_subplot(grid[0, i + 1])
-        ax.imshow(to_image(satellite[i], dc))
-        _bare(ax)
+        framed(fig.add_subplot(grid[i + 1, 0]), to_image(street[i], dc))
+        framed(fig.add_subplot(grid[0, i + 1]), to_image(satellite[i], dc))
     ax = fig.add_subplot(grid[1:, 1:n + 1])
     im = ax.imshow(sim, cmap="viridis", vmin=vrange[0], vmax=vrange[1])
     for i in range(n):
@@ -100,7 +84,7 @@ def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg,
         for j in range(n):
             ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6,
                     color="k" if sim[i, j] > sum(vrange) / 2 else "w")
-    _bare(ax)
+    framed(ax)
     cax = fig.add_subplot(grid[1:, n + 1])
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
         (bool(sim.min() < vrange[0]), bool(sim.max() > vrange[1])), "neither")
@@ -113,6 +97,8 @@ def similarity_matrix(model, street: torch.Tensor, satellite: torch.Tensor, cfg,
     fig.text(0.02, 0.5, "street photos (rows)", rotation=90, va="center", fontsize=8)
     fig.text(0.5, 0.9, "satellite tiles (columns)", ha="center", fontsize=8)
     return stamp(fig, cfg)
+
+
 
 
 RECALL_COLOURS = {"R@1": "#1a9850", "R@5": "#66bd63", "R@10": "#a6d96a"}

@@ -18,9 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..u1652 import DatasetError
+from ..u1652 import open_image
 
 PROMPT_VERSION = "2025-06-v2"  # part of every cache key: changing the wording invalidates stored answers
 JPEG_QUALITY = 90
@@ -87,16 +87,13 @@ def image_bytes(path: str, size: int | None) -> ImagePart:
     keys) are stable across runs. Large JPEGs are decoded at a reduced scale (draft) and resized
     bilinearly (Pillow's resize filters are area-aware when shrinking): this runs once per image per run
     and must keep up with the requests."""
-    try:
-        with Image.open(path) as im:
-            if size is None and im.format in SENT_AS_IS:
-                im.verify()  # a truncated or corrupt file fails here, not at the server
-                return ImagePart(Path(path).read_bytes(), SENT_AS_IS[im.format])
-            if size is not None:
-                im.draft("RGB", (size, size))
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
+    with open_image(path) as im:
+        if size is None and im.format in SENT_AS_IS:
+            im.verify()  # a truncated or corrupt file fails here, not at the server
+            return ImagePart(Path(path).read_bytes(), SENT_AS_IS[im.format])
+        if size is not None:
+            im.draft("RGB", (size, size))
+        im = im.convert("RGB")
     scale = 1 if size is None else size / max(im.size)
     if scale < 1:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
