@@ -6,7 +6,7 @@ READY  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 SWEEPS := $(filter-out params/tables/paper_%,$(wildcard params/tables/*.yaml))
 
-.PHONY: setup workbook test lab tables results clean-outputs
+.PHONY: setup workbook test lab tables results docs clean-outputs
 
 setup: $(READY)
 
@@ -33,6 +33,11 @@ tables: setup
 
 results: setup
 	$(PY) -m vici_utils results
+
+# An executed copy of the default run for readers who run nothing (HTML, figures embedded).
+docs: setup
+	test -f outputs/default/run.json || $(MAKE) workbook
+	$(VENV)/bin/jupyter nbconvert --to html --log-level WARN --output-dir docs/rendered outputs/default/0*.ipynb
 
 clean-outputs:
 	rm -rf outputs/*/

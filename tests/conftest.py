@@ -32,3 +32,29 @@ def tiny_world_outputs(tmp_path_factory):
         else:
             os.environ["VICI_OUTPUTS"] = old
     return root
+
+
+# --- re-ranking against loopback VLM servers ------------------------------------------------------------------
+VLM_KEY = "test-key-SECRET-7f3a9c"
+
+
+@pytest.fixture
+def tiny(outputs, monkeypatch):
+    """A tiny retrieval run 't' (4 buildings, 1 query each, 2 distractors) with the API keys set to VLM_KEY."""
+    from tests.fake_vlm_servers import write_tiny_run
+
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", VLM_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", VLM_KEY)
+    write_tiny_run(outputs, "t", buildings=4, queries_per_building=1, distractors=2)
+    return outputs
+
+
+@pytest.fixture
+def server():
+    """A loopback Gemini- and OpenAI-style server (tests/fake_vlm_servers.py)."""
+    from tests.fake_vlm_servers import FakeVLMServer
+
+    with FakeVLMServer() as s:
+        yield s

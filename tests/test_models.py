@@ -125,7 +125,7 @@ def test_vici_checkpoint_places_every_tensor(tmp_path):
         for p in sat.parameters():
             p.mul_(0.9)
     ckpt = _vici_checkpoint(tmp_path / "vici.ckpt", street, sat)
-    cfg = validate({"backbone": DINO, "image_size": 28, "init_checkpoint": str(ckpt)})
+    cfg = validate({"backbone": DINO, "pretrained": False, "image_size": 28, "init_checkpoint": str(ckpt)})
     m = build_model(cfg).eval()
     for k, v in street.state_dict().items():
         torch.testing.assert_close(m.street.state_dict()[k], v)
@@ -137,7 +137,7 @@ def test_vici_checkpoint_places_every_tensor(tmp_path):
 
 def test_vici_checkpoint_leftover_missing_and_tower_count_reported(tmp_path):
     street = timm.create_model(VIT, num_classes=0, img_size=32)
-    base = {"backbone": VIT, "image_size": 32}
+    base = {"backbone": VIT, "pretrained": False, "image_size": 32}
     bad = _vici_checkpoint(tmp_path / "extra.ckpt", street, street,
                            extra={"model.street_conv.blocks.99.mlp.fc1.weight": torch.zeros(2, 2)})
     with pytest.raises(WeightsError, match=r"1 of its tensors with no place in the model \(street\.blocks\.99\.mlp"):
@@ -162,7 +162,7 @@ def test_our_checkpoint_rebuilds_the_model_alone(tmp_path):
 
 def test_load_model_for_eval_falls_back_checkpoint_then_init_then_bare(tmp_path, monkeypatch):
     monkeypatch.setenv("VICI_OUTPUTS", str(tmp_path / "out"))
-    cfg = validate({"run_name": "r", "image_size": 32})
+    cfg = validate({"run_name": "r", "backbone": "resnet10t", "pretrained": False, "image_size": 32})
     bare, tfs = load_model_for_eval(cfg)
     assert not bare.training and set(tfs) == {"street", "satellite"}
 

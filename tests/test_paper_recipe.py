@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from tests.conftest import TINY_WORLD
+from tests.conftest import TINY_MODEL, TINY_WORLD
 from tests.fake_vlm_servers import FakeVLMServer
 from tests.notebooks import execute
 from vici_utils.params import load, read_yaml, validate
@@ -135,7 +135,7 @@ def test_training_keys_changed_on_the_command_line_do_not_block_evaluation(tiny_
     from vici_utils.runner import run
 
     cfg = load(REPO_ROOT / "params/default.yaml",
-               {**TINY_WORLD, "run_name": "lrcheck", "epochs": 2, "lr": 0.001, "batch_size": 8, "device": "cpu"})
+               {**TINY_WORLD, **TINY_MODEL, "run_name": "lrcheck", "epochs": 2, "lr": 0.001, "batch_size": 8, "device": "cpu"})
     m = run(cfg, only=["02", "03"], log=lambda line: None)
     assert [n["status"] for n in m["notebooks"]] == ["ok", "ok"]
     # papermill used directly, with the run name alone: the notebook reads the run's own parameters
@@ -149,7 +149,7 @@ def test_evaluation_refuses_a_checkpoint_of_other_data(tiny_world_outputs, monke
     from vici_utils.models import load_model_for_eval
     from vici_utils.train import train
 
-    cfg = validate({**TINY_WORLD, "run_name": "otherdata", "epochs": 1, "batch_size": 8, "device": "cpu",
+    cfg = validate({**TINY_WORLD, **TINY_MODEL, "run_name": "otherdata", "epochs": 1, "batch_size": 8, "device": "cpu",
                     "val_fraction": 0.0})
     train(cfg, progress=False)
     load_model_for_eval(cfg.model_copy(update={"lr": 0.5, "epochs": 9}))  # training keys: fine

@@ -52,7 +52,7 @@ def test_checkpoint_that_needs_pickle_is_refused_without_running_it(tmp_path, mo
     opener = type("C", (), {"__reduce__": lambda self: (open, ("PWNED", "w"))})
     torch.save({"model": opener()}, tmp_path / "evil.pt")
     torch.save({"model": Evil(tmp_path / "PWNED2"), "model_config": {}}, tmp_path / "evil2.pt")
-    base = {"backbone": "resnet10t", "image_size": 32}
+    base = {"backbone": "resnet10t", "pretrained": False, "image_size": 32}
     for name in ("evil.pt", "evil2.pt"):
         with pytest.raises(WeightsError, match=rf"init_checkpoint .*{name} holds pickled Python objects \(.*\) .*not "
                                                r"loaded.*torch.save\(\{'state_dict'") as e:
@@ -80,7 +80,7 @@ def test_lightning_checkpoint_with_pickled_hyper_parameters_loads_without_runnin
     ckpt = read_checkpoint(tmp_path / "vici.ckpt")
     assert not marker.exists(), "a class of the checkpoint was called while reading it"
     assert set(ckpt) == {"epoch", "pytorch-lightning_version", "state_dict", "callbacks"}  # objects left out
-    m = build_model(validate({"backbone": "resnet10t", "image_size": 32,
+    m = build_model(validate({"backbone": "resnet10t", "pretrained": False, "image_size": 32,
                               "init_checkpoint": str(tmp_path / "vici.ckpt")}))
     for k, v in sat.state_dict().items():
         torch.testing.assert_close(m.satellite.state_dict()[k], v)

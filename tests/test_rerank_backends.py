@@ -4,28 +4,14 @@ import time
 
 import pytest
 
+from tests.conftest import VLM_KEY
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
 from vici_utils.params import validate
 from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
 
-KEY = "test-key-SECRET-7f3a9c"
+KEY = VLM_KEY
 BACKENDS = ["gemini", "openai"]
 
-
-@pytest.fixture
-def tiny(outputs, monkeypatch):
-    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    write_tiny_run(outputs, "t", buildings=4, queries_per_building=1, distractors=2)
-    return outputs
-
-
-@pytest.fixture
-def server():
-    with FakeVLMServer() as s:
-        yield s
 
 
 def config(backend, server, **kw):

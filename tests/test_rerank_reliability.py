@@ -8,7 +8,8 @@ import traceback
 import pytest
 from PIL import Image
 
-from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
+from tests.conftest import VLM_KEY
+from tests.fake_vlm_servers import FakeVLMServer
 from vici_utils.params import validate
 from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
 from vici_utils.rerank.ask import Asker, ask_all
@@ -17,26 +18,11 @@ from vici_utils.rerank.prompt import Request
 from vici_utils.rerank.redaction import redact, redact_url
 from vici_utils.u1652 import DatasetError
 
-KEY = "test-key-SECRET-7f3a9c"
+KEY = VLM_KEY
 URL_SECRET = "url-token-SECRET-51e0"
 TOKEN = "svc-token-SECRET-88aa"     # any secret-looking variable counts, not only the API keys
 RESULTS = ("answer_fused.txt", "answer_vlm.txt", "reasons.jsonl", "metrics.json", "cache.jsonl")
 
-
-@pytest.fixture
-def tiny(outputs, monkeypatch):
-    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    write_tiny_run(outputs, "t", buildings=4, queries_per_building=1, distractors=2)
-    return outputs
-
-
-@pytest.fixture
-def server():
-    with FakeVLMServer() as s:
-        yield s
 
 
 def config(backend, url, **kw):

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 import torch
 
-from tests.conftest import TINY_WORLD
+from tests.conftest import TINY_MODEL, TINY_WORLD
 from tests.notebooks import execute
 from vici_utils import answers, embed, metrics, params, retrieval
 from vici_utils.models import TwoTower
@@ -15,7 +15,7 @@ from vici_utils.rerank import load_features
 
 
 def tiny_cfg(**kw):
-    return params.validate({**TINY_WORLD, "epochs": 1, **kw})
+    return params.validate({**TINY_WORLD, **TINY_MODEL, "epochs": 1, **kw})
 
 
 def write_best_checkpoint(cfg, seed=3):
@@ -114,7 +114,7 @@ def test_zero_shot_and_init_checkpoint_say_which_weights(tiny_world_outputs, mon
 def test_notebook_03_runs_standalone_on_the_tiny_world(tiny_world_outputs, monkeypatch, tmp_path):
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
     monkeypatch.setenv("VICI_HEADLESS", "1")
-    text, images = execute("03_retrieval.ipynb", tmp_path / "03.ipynb", **TINY_WORLD, run_name="nb03", epochs=1)
+    text, images = execute("03_retrieval.ipynb", tmp_path / "03.ipynb", **TINY_WORLD, **TINY_MODEL, run_name="nb03", epochs=1)
     assert images >= 5
     assert "IProgress not found" not in text, "a library's warning about widgets we do not use"
     assert "different data" in text and "scored against the embedded ground truth" in text

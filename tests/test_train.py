@@ -13,7 +13,7 @@ from vici_utils.losses import ContrastiveLoss, info_nce
 from vici_utils.params import validate
 from vici_utils.train import TrainConfigError, lr_factor, train
 
-from .conftest import TINY_WORLD
+from .conftest import TINY_MODEL, TINY_WORLD
 
 
 # --- the loss --------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def tiny_cfg(tiny_world_outputs, tmp_path, monkeypatch):
 
     root = tiny_world_outputs / "worlds" / WorldSpec.from_params(validate(TINY_WORLD)).key()
     monkeypatch.setenv("VICI_OUTPUTS", str(tmp_path / "outputs"))
-    return validate({"data_root": str(root), "image_size": 32, "batch_size": 4, "epochs": 3, "val_every": 2,
+    return validate({**TINY_MODEL, "data_root": str(root), "image_size": 32, "batch_size": 4, "epochs": 3, "val_every": 2,
                      "warmup_epochs": 1, "num_workers": 0, "eval_batch_size": 16})
 
 

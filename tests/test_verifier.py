@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_WORLD
+from tests.conftest import TINY_MODEL, TINY_WORLD
 from vici_utils import retrieval, verifier
 from vici_utils.params import validate
 from vici_utils.rerank import run_rerank
@@ -32,7 +32,7 @@ def test_ranking_and_reason_describe_the_verifier_order():
 @pytest.fixture
 def trained_run(tiny_world_outputs, monkeypatch):
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
-    cfg = validate({**TINY_WORLD, "run_name": "verified", "epochs": 1, "batch_size": 8, "device": "cpu",
+    cfg = validate({**TINY_WORLD, **TINY_MODEL, "run_name": "verified", "epochs": 1, "batch_size": 8, "device": "cpu",
                     "rerank_backend": "verifier", "verifier_epochs": 2, "rerank_top_k": 5, "val_fraction": 0.2})
     train(cfg, progress=False)
     retrieval.run_retrieval(cfg, progress=False)

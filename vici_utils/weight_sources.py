@@ -37,7 +37,7 @@ class PackageSource:
     @property
     def summary(self) -> str:
         """Where the weights come from, in one line for figures, metrics and notebooks."""
-        return f"ImageNet-1k weights of {self.origin}, from the pip package {self.pip_name} ({self.licence})"
+        return f"{self.origin}, from the pip package {self.pip_name} ({self.licence})"
 
     def path(self) -> Path:
         """The weights file, found without importing the package; a missing package says how to install it."""
@@ -118,7 +118,8 @@ def package_source(name: str) -> PackageSource:
             hint = (f" (the packaged weights were converted from TensorFlow and need its 'same' padding: use "
                     f"backbone tf_{name.split('.')[0]})")
         raise WeightsError(f"pretrained: package has no weights for backbone '{name}'{hint}; backbones with a "
-                           f"package source: {', '.join(PACKAGE_SOURCES)}")
+                           f"package source: {', '.join(PACKAGE_SOURCES)}. For another backbone set pretrained: false "
+                           "(from scratch), true (timm hub weights) or the path of a weights file")
     return source
 
 

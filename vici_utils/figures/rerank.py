@@ -138,8 +138,8 @@ def request_sheet(request, cfg, answer: dict | None = None):
     k = len(images) - 1
     cols = min(k + 1, 6)
     rows = -(-(k + 1) // cols)  # rows of thumbnails
-    fig = plt.figure(figsize=(1.9 * cols, 1.75 * rows + 2.4))
-    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.6] + [1] * rows)
+    fig = plt.figure(figsize=(1.9 * cols, 1.75 * rows + 1.9))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.0] + [1] * rows)
     text_ax = fig.add_subplot(grid[0, :])
     text_ax.axis("off")
     texts = [p for p in request.parts if isinstance(p, str)]
