@@ -34,10 +34,10 @@ tables: setup
 results: setup
 	$(PY) -m vici_utils results
 
-# An executed copy of the default run for readers who run nothing (HTML, figures embedded).
+# An executed copy of the default run for readers who run nothing (HTML, figures as small JPEGs).
 docs: setup
 	test -f outputs/default/run.json || $(MAKE) workbook
-	$(VENV)/bin/jupyter nbconvert --to html --log-level WARN --output-dir docs/rendered outputs/default/0*.ipynb
+	$(PY) -m vici_utils.rendered outputs/default/0*.ipynb docs/rendered
 
 clean-outputs:
 	rm -rf outputs/*/

@@ -316,3 +316,17 @@ def test_queried_buildings_with_an_empty_gallery_folder_are_recorded_and_warned(
         ds = University1652(root)
     assert ds.test.buildings_without_gallery == ["0102"]
     assert len([w for w in caught if issubclass(w.category, DatasetWarning)]) == 1
+
+
+def test_a_corrupt_resume_checkpoint_is_named_with_the_fix(tiny_world_outputs, monkeypatch, tmp_path):
+    from tests.conftest import TINY_MODEL, TINY_WORLD
+    from vici_utils.params import validate
+    from vici_utils.train import train
+
+    monkeypatch.setenv("VICI_OUTPUTS", str(tmp_path / "outputs"))
+    cfg = validate({**TINY_WORLD, **TINY_MODEL, "run_name": "torn", "epochs": 2, "batch_size": 4})
+    last = tmp_path / "outputs" / "torn" / "train" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    with pytest.raises(WeightsError, match=r"last.pt.*Delete .*last.pt to start this run again, or set resume: false"):
+        train(cfg, progress=False)

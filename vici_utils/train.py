@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from .checkpoints import WeightsError, read_checkpoint
 from .datasets import PairBatchSampler, PairDataset
 from .device import autocast, data_workers, resolve_device, resolve_precision, tune_for_training
 from .losses import ContrastiveLoss
@@ -208,7 +209,10 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
             return done
     ckpt = None
     if cfg.resume and last_path.is_file():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = read_checkpoint(last_path, "resume checkpoint")
+        except WeightsError as e:  # truncated by a full disk, say: name it and the two ways on
+            raise WeightsError(f"{e}. Delete {last_path} to start this run again, or set resume: false") from None
         _check_stored_config(ckpt["config"], cfg, last_path)
 
     if main:  # rank 0 generates the embedded world (once); the other ranks then read it
