@@ -336,3 +336,16 @@ def reason(scores: np.ndarray, order: list[int]) -> str:
                 f"at {scores[runner_up]:.2f}")
     return (f"moves retrieval #{first + 1} to the top: verifier score {scores[first]:.2f} against "
             f"{scores[0]:.2f} for retrieval's #1")
+
+
+def attention_maps(cfg, result, q: int) -> list[np.ndarray]:
+    """For query q of a re-ranking result made by the verifier: its attention grid onto each of the K candidates
+    (retrieval order), from the run's stored verifier (rerank/verifier.pt)."""
+    model, _ = load_model_for_eval(cfg)
+    verifier, _ = VerifierReranker(cfg).fit(model, open_dataset(cfg, progress=False), result.out_dir, progress=False)
+    tf = {v: model_transforms(cfg, model, False, v) for v in ("street", "satellite")}
+    f, k = result.features, result.metrics["top_k"]
+    street = tower_tokens(model, "street", [f["query_paths"][q]], tf["street"], 1)
+    tile = tower_tokens(model, "satellite", [f["gallery_paths"][int(g)] for g in result.ranking[q, :k]],
+                        tf["satellite"], ROTATIONS)
+    return [attention_onto_tile(verifier, street, tile, 0, j) for j in range(k)]

@@ -155,3 +155,25 @@ def request_sheet(request, cfg, answer: dict | None = None):
     fig.suptitle(f"one request: query {request.query_name}, {k} candidates in retrieval order", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     return stamp(fig, cfg, model=_model(cfg))
+
+
+
+def verifier_attention(result, cfg, q: int, heats: list):
+    """What the learned verifier looks at: for query q, its attention from the street photo's tokens onto each
+    candidate tile's token grid (`heats[pos]`, from verifier.attention_maps), drawn over the tile; candidates in
+    the verifier's own order."""
+    f, k = result.features, result.metrics["top_k"]
+    o = result.outcomes[q]
+    shown = o.order[:min(5, k)]
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.2 * (len(shown) + 1), 2.9))
+    framed(axes[0], load_image(f["query_paths"][q]), f"query\n{o.name[-18:]}", "tab:blue")
+    for rank, (ax, pos) in enumerate(zip(axes[1:], shown), start=1):
+        g = int(result.ranking[q, pos])
+        image = load_image(f["gallery_paths"][g])
+        truth = f["gallery_ids"][g] == f["query_ids"][q]
+        framed(ax, image, f"verifier #{rank} (ret. {pos + 1})", "tab:green" if truth else None)
+        ax.imshow(heats[pos], cmap="magma", alpha=0.45, extent=(0, image.width, image.height, 0),
+                  interpolation="bilinear")
+    fig.suptitle("where the verifier looks: attention of the street photo's tokens onto each tile (bright = more)",
+                 fontsize=10)
+    return _finish(fig, cfg)
