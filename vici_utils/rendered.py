@@ -38,7 +38,7 @@ def render(notebooks: list[Path], out_dir: Path) -> list[Path]:
                 data = output.get("data", {})
                 if "image/png" in data:
                     data["image/jpeg"] = _shrink(data.pop("image/png"))
-        html, _ = HTMLExporter().from_notebook_node(nb)
+        html, _ = HTMLExporter(template_name="basic").from_notebook_node(nb)  # no 1,800-line stylesheet per page
         target = out_dir / (Path(path).stem + ".html")
         target.write_text(html)
         written.append(target)
