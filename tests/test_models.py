@@ -64,6 +64,17 @@ def test_projection_head():
     assert shared.head("satellite") is shared.head_street
 
 
+@pytest.mark.parametrize("name,size,embed_dim", [("resnet10t", 32, None), (VIT, 32, 16)])
+def test_embedding_with_feature_maps_is_the_embedding(name, size, embed_dim):
+    """The verifier reads the embedding and the last stage's maps from one forward pass: the same embedding."""
+    m = TwoTower(name, image_size=size, embed_dim=embed_dim).eval()
+    x = _x(size=size)
+    for view in ("street", "satellite"):
+        emb, maps = m.encode_with_maps(x, view, levels=1)
+        torch.testing.assert_close(emb, m.encode(x, view))
+        assert len(maps) == 1 and maps[0].shape[0] == 2 and maps[0].ndim == 4
+
+
 def test_unknown_backbone_is_one_sentence():
     with pytest.raises(WeightsError, match=r"'resnet10x' is not a timm model.*resnet10t"):
         TwoTower("resnet10x")

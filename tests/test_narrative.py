@@ -1,5 +1,6 @@
 """The sentences notebooks print about a run are chosen by its numbers."""
 import numpy as np
+import pytest
 import pandas as pd
 
 from vici_utils import narrative
@@ -42,10 +43,41 @@ def test_rerank_change_states_the_sign():
     assert "left R@5 unchanged" in narrative.rerank_change(before, {"R@1": 16.0, "R@5": 41.22}, "rrf", "x")
 
 
-def test_drone_effect_compares_the_difference_with_its_noise():
-    runs = pd.DataFrame({"drone_rate": [0.0] * 5 + [0.3] * 5, "seed": list(range(5)) * 2,
+def test_variant_difference_compares_the_difference_with_its_noise():
+    runs = pd.DataFrame({"variant": ["p0"] * 5 + ["p0.3"] * 5, "seed": list(range(5)) * 2, "status": "ok",
                          "R@1": [10, 11, 9, 10, 10, 14, 15, 13, 14, 14]})
-    assert "+4.00" in narrative.drone_effect(runs) and "a measured effect" in narrative.drone_effect(runs)
+    text = narrative.variant_difference(runs, "p0", "p0.3", "Drone mixing", "The paper reports +3.0.")
+    assert text.startswith("Drone mixing: +4.00 ± 0.45 points of R@1 (14.00 against 10.00")
+    assert "a measured effect" in text and text.endswith("The paper reports +3.0.")
     noisy = runs.assign(**{"R@1": [10, 14, 6, 12, 8, 11, 7, 13, 9, 10]})
-    assert "no effect distinguishable" in narrative.drone_effect(noisy)
-    assert "one seed each" in narrative.drone_effect(runs.iloc[[0, 5]])
+    assert "no effect distinguishable" in narrative.variant_difference(noisy, "p0", "p0.3", "x")
+    assert "one seed cannot tell" in narrative.variant_difference(runs.iloc[[0, 5]], "p0", "p0.3", "x")
+    failed = runs.assign(status=["ok"] * 5 + ["failed"] * 5)
+    assert "no finished runs of both 'p0' and 'p0.3'" in narrative.variant_difference(failed, "p0", "p0.3", "x")
+    assert "no finished runs" in narrative.variant_difference(pd.DataFrame(), "p0", "p0.3", "x")
+
+
+def _rerank_results(changes: dict[str, list[float]], before=(10.0, 12.0, 8.0)):
+    rows = []
+    for label, deltas in changes.items():
+        for seed, (b, d) in enumerate(zip(before, deltas)):
+            rows.append({"variant": label, "label": label, "seed": seed, "status": "ok", "rerank.retrieval.R@1": b,
+                         "rerank.weighted.R@1": b + d, "rerank.vlm.R@1": b - 2, "rerank.rrf.R@1": b + d / 2})
+    rows.append({"variant": "trained", "label": "retrieval", "seed": 0, "status": "ok", "R@1": 10.0})
+    return pd.DataFrame(rows)
+
+
+def test_rerank_gains_are_paired_by_seed_and_judged_against_their_noise():
+    from vici_utils.results import rerank_gains
+
+    gains = rerank_gains(_rerank_results({"steady": [3.0, 3.2, 2.8], "noisy": [3.0, -3.0, 0.6]}))
+    assert list(gains["re-ranker"].unique()) == ["steady", "noisy"]  # the retrieval-only variant has no row
+    steady = gains[(gains["re-ranker"] == "steady") & (gains["rule"] == "weighted")].iloc[0]
+    assert steady["change"] == pytest.approx(3.0) and steady["change std"] == pytest.approx(0.2)
+    assert steady["retrieval R@1"] == pytest.approx(10.0) and steady["seeds"] == 3
+    text = narrative.rerank_gains(gains).splitlines()
+    assert "steady: its best rule (weighted)" in text[0] and "+3.00 ± 0.12" in text[0] and "measured gain" in text[0]
+    assert "noisy: its best rule (weighted)" in text[1] and "no change distinguishable" in text[1]
+    one = narrative.rerank_gains(rerank_gains(_rerank_results({"once": [-1.0]}, before=(10.0,))))
+    assert "its best rule (rrf) changed R@1 by -0.50 points on one seed, which cannot tell" in one
+    assert narrative.rerank_gains(rerank_gains(pd.DataFrame({"variant": [], "status": []}))).startswith("No ")

@@ -77,7 +77,7 @@ def test_shipped_sweeps_expand_and_share_runs(outputs, monkeypatch, tmp_path):
     assert {p.stem for p in SWEEPS} >= {"backbones", "vlms", "drone_rate", "ablation", "paper_backbones",
                                         "paper_vlms", "paper_drone_rate", "paper_ablation"}
     loaded = {p.stem: sweep.load(p) for p in SWEEPS}
-    assert {s.spec.table for s in loaded.values()} == set(paper.TABLES)
+    assert {s.spec.table for s in loaded.values()} - {None} == set(paper.TABLES)
     drone = _runs("drone_rate")
     assert sorted(drone) == sorted(f"{v}_s{s}" for v in ("p0", "p0.3") for s in range(5))
     assert drone["p0.3_s4"].params.drone_rate == 0.3 and drone["p0.3_s4"].params.seed == 4
@@ -95,6 +95,13 @@ def test_shipped_sweeps_expand_and_share_runs(outputs, monkeypatch, tmp_path):
             assert run.params.init_checkpoint.endswith(f"vlms/trained_s{s}/train/best.pt")
             assert run.params.rerank_backend == reranker
     assert _same_work(backbones["effnet_pretrained_s0"], drone["p0.3_s0"])
+    # drone_views reuses drone_rate's runs and changes one statistic of the world for its own
+    views = _runs("drone_views")
+    for s in range(5):
+        assert _same_work(views[f"p0_s{s}"], drone[f"p0_s{s}"]) and _same_work(views[f"p0.3_s{s}"], drone[f"p0.3_s{s}"])
+        changed = {k for k, v in views[f"p0.3_54_s{s}"].params.model_dump().items()
+                   if v != drone[f"p0.3_s{s}"].params.model_dump()[k]}
+        assert changed == {"run_name", "world_drone_views"}
     assert backbones["resnet10t_scratch_s0"].params.backbone == "resnet10t"
     assert backbones["effnet_scratch_s0"].params.pretrained is False
     # and so do the paper's
@@ -203,6 +210,14 @@ def test_sweep_skips_finished_runs_reuses_identical_ones_and_reruns_changed(outp
     sweep.run_sweep(sweep.load(f), log=lines.append)
     assert not any("> 05_tables.ipynb" in line for line in lines)
     assert [r.name for r, src in sweep.plan(sweep.load(f), force=True) if src is None] == ["a", "b", "c"]
+
+
+def test_a_run_made_before_a_parameter_existed_counts_at_its_default():
+    params = Params(drone_rate=0.3)
+    older = {"status": "ok", "params": {k: v for k, v in params.model_dump().items() if k != "world_drone_views"},
+             "notebooks": [{"name": "02_finetune.ipynb", "status": "ok"}]}
+    assert sweep.finished(older, params, ["02_finetune.ipynb"])
+    assert not sweep.finished(older, params.model_copy(update={"world_drone_views": 54}), ["02_finetune.ipynb"])
 
 
 def test_a_variant_that_cannot_run_is_recorded_and_the_sweep_goes_on(outputs, tmp_path, base, capsys):

@@ -107,6 +107,24 @@ def test_drone_sequence_descends_and_metadata(tiny):
         assert all(1.7 <= s["z"] <= 2.5 and 80 <= s["fov"] <= 100 for s in street)
 
 
+def test_university1652_drone_count_changes_the_drone_views_only(tiny, tmp_path):
+    """world_drone_views: 54 gives University-1652's count on an orbit of three turns, and leaves every street
+    photo and tile as they were (separate random streams), so runs that never draw a drone are unchanged."""
+    spec = WorldSpec.from_params(Params(world_train_locations=6, world_test_locations=4, world_distractors=2,
+                                        world_drone_views=54))
+    assert spec.drone_train == (54, 54) and spec.key() != WorldSpec(**TINY).key()
+    loc = render_location(spec, "train", 2)
+    base = render_location(WorldSpec(**TINY), "train", 2)
+    assert len(loc["drone"]) == 54 and len(base["drone"]) in range(4, 7)
+    assert np.array_equal(loc["satellite"], base["satellite"])
+    assert all(np.array_equal(a, b) for a, b in zip(loc["street"], base["street"], strict=True))
+    alt = [c["altitude"] for c in loc["cameras"]["drone"]]
+    assert all(a > b for a, b in zip(alt, alt[1:]))
+    headings = np.radians([c["heading"] for c in loc["cameras"]["drone"]])
+    sectors = np.histogram(np.degrees(headings) % 360, bins=8, range=(0, 360))[0]
+    assert sectors.min() >= 2, sectors  # seen from every side
+
+
 def test_render_location_matches_the_written_world(tiny):
     loc = render_location(WorldSpec(**TINY), "train", 2)
     assert loc["building"] == "0002" and loc["satellite"].shape == (128, 128, 3)

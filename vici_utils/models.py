@@ -106,6 +106,16 @@ class TwoTower(nn.Module):
             z = head(z)
         return F.normalize(z.float(), dim=-1)  # normalise in fp32 even under bf16 autocast
 
+    def encode_with_maps(self, x: torch.Tensor, view: str, levels: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The embedding and the feature maps of the tower's last `levels` stages, from one forward pass."""
+        tower = self.tower(view)
+        final, maps = tower.forward_intermediates(x, indices=levels)
+        z = tower.forward_head(final)
+        head = self.head(view)
+        if head is not None:
+            z = head(z)
+        return F.normalize(z.float(), dim=-1), maps
+
     def encode_street(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x, "street")
 

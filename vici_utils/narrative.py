@@ -85,19 +85,45 @@ def rerank_change(before: dict, after: dict, rule: str, what: str) -> str:
             f"(the same {10} candidates are only reordered).")
 
 
-def drone_effect(df: pd.DataFrame) -> str:
-    """P = 0 against P = 0.3 over seeds: the difference of the means with its spread, and whether it is more than
-    the seed-to-seed noise. `df`: one row per run with columns drone_rate, seed, R@1."""
-    groups = {p: g["R@1"].to_numpy() for p, g in df.groupby("drone_rate")}
-    if 0.0 not in groups or 0.3 not in groups:
-        return "No P = 0 / P = 0.3 pair of runs yet."
-    a, b = groups[0.0], groups[0.3]
-    diff = b.mean() - a.mean()
-    se = math.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0))
-    if len(a) < 2 or len(b) < 2:
-        return (f"P = 0.3 minus P = 0: {diff:+.2f} points of R@1 from {len(a)} and {len(b)} run(s): one seed each "
-                "cannot tell an effect from noise; run more seeds.")
+def variant_difference(results: pd.DataFrame, a: str, b: str, what: str, note: str = "") -> str:
+    """Variant b minus variant a of one sweep, in R@1 over their seeds: the difference of the means with its
+    standard error, and whether it is more than the seed-to-seed noise. `results`: a sweep's results.csv rows
+    (columns variant, status, R@1)."""
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    runs = {v: ok.loc[ok["variant"] == v, "R@1"].dropna().to_numpy() if "variant" in ok else np.array([])
+            for v in (a, b)}
+    x, y = runs[a], runs[b]
+    if not len(x) or not len(y):
+        return f"{what}: no finished runs of both '{a}' and '{b}' in this outputs folder yet."
+    diff = y.mean() - x.mean()
+    if len(x) < 2 or len(y) < 2:
+        return (f"{what}: {diff:+.2f} points of R@1 from {len(x)} and {len(y)} run(s); one seed cannot tell an "
+                "effect from noise: run more seeds.")
+    se = math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y))
     verdict = ("more than twice its standard error: a measured effect" if abs(diff) > 2 * se else
                "within twice its standard error: no effect distinguishable from seed-to-seed noise")
-    return (f"Drone mixing, P = 0.3 minus P = 0: {diff:+.2f} ± {se:.2f} points of R@1 (difference of the means ± its "
-            f"standard error, {len(a)} and {len(b)} seeds), {verdict}. The paper reports +3.0 on University-1652.")
+    return (f"{what}: {diff:+.2f} ± {se:.2f} points of R@1 ({y.mean():.2f} against {x.mean():.2f}; difference of the "
+            f"means ± its standard error, {len(x)} and {len(y)} seeds), {verdict}." + (f" {note}" if note else ""))
+
+
+def rerank_gains(gains: pd.DataFrame) -> str:
+    """Each re-ranker's best fusion rule and its change of R@1, paired by seed, judged against its standard error.
+    `gains`: results.rerank_gains (one row per re-ranker and rule)."""
+    if gains.empty:
+        return "No re-ranking sweep has finished yet."
+    lines = []
+    for name, g in gains.groupby("re-ranker", sort=False):
+        best = g.loc[g["change"].idxmax()]
+        n = int(best["seeds"])
+        if n < 2:
+            lines.append(f"{name}: its best rule ({best['rule']}) changed R@1 by {best['change']:+.2f} points on one "
+                         "seed, which cannot tell an effect from noise.")
+            continue
+        se = best["change std"] / math.sqrt(n)
+        verdict = ("more than twice its standard error: a measured " + ("gain" if best["change"] > 0 else "loss")
+                   if abs(best["change"]) > 2 * se else "within twice its standard error: no change distinguishable "
+                   "from seed-to-seed noise")
+        lines.append(f"{name}: its best rule ({best['rule']}) changed R@1 from {_pct(best['retrieval R@1'])} to "
+                     f"{_pct(best['re-ranked R@1'])}, {best['change']:+.2f} ± {se:.2f} points (mean of {n} seeds' "
+                     f"differences ± its standard error), {verdict}.")
+    return "\n".join(lines)

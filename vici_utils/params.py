@@ -56,6 +56,9 @@ class Params(BaseModel):
                                                           "250 buildings)")
     world_difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 easy to 1 hard: scene clutter and each "
                                                                       "photo's exposure, colour and noise spread")
+    world_drone_views: Optional[int] = Field(None, ge=1, le=99, description=(
+        "drone photos per training location; None = 4 to 6 (the default world). University-1652 has 54, taken "
+        "along a descending orbit of about three turns: 54 gives the same here"))
     world_challenge: bool = Field(True, description="also write the challenge layout (workshop_* folders, "
                                                     "query_street_name.txt) that notebook 03 answers")
 
@@ -222,7 +225,7 @@ class Params(BaseModel):
 # What a stored model depends on. Evaluation checks DATA_KEYS and MODEL_KEYS against a checkpoint (the
 # model is rebuilt from the checkpoint's own config); resuming training checks all of TRAIN_KEYS.
 DATA_KEYS = ("data_root", "world_seed", "world_train_locations", "world_test_locations", "world_distractors",
-             "world_difficulty", "include_google")
+             "world_difficulty", "world_drone_views", "include_google")
 MODEL_KEYS = ("backbone", "image_size", "shared_towers", "embed_dim")
 TRAIN_KEYS = (
     *DATA_KEYS, "val_fraction", "seed", *MODEL_KEYS, "pretrained", "init_checkpoint",

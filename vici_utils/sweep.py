@@ -238,8 +238,11 @@ def bind_model(run: PlannedRun, index: Optional[dict[Path, dict]] = None) -> Non
 # --- finished runs ------------------------------------------------------------------------------------------
 
 def _comparable(params: dict) -> str:
-    """Parameters as a canonical string, run name aside (the same work under another name is the same work)."""
-    return json.dumps({k: v for k, v in params.items() if k != "run_name"}, sort_keys=True, default=str)
+    """Parameters as a canonical string, run name aside (the same work under another name is the same work). A
+    parameter added after a run was made counts at its default, which is how that run behaved."""
+    defaults = {k: f.default for k, f in Params.model_fields.items()}
+    return json.dumps({k: v for k, v in {**defaults, **params}.items() if k != "run_name"}, sort_keys=True,
+                      default=str)
 
 
 def _wanted_notebooks(only: Optional[list[str]]) -> list[str]:

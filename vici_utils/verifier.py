@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import ImageListDataset
+from .device import autocast, resolve_precision
 from .embed import state_dict_hash
 from .models import load_model_for_eval
 from .progress import progress as progress_bar
@@ -47,24 +48,34 @@ class Tokens:
 
 @torch.inference_mode()
 def tower_tokens(model, view: str, items: Sequence, transform, rotations: int = 1, batch_size: int = 128,
-                 progress: bool = False, levels: int = LEVELS) -> Tokens:
+                 progress: bool = False, levels: int = LEVELS, precision: str = "auto") -> Tokens:
     """Feature tokens of the last `levels` stages of `view`'s tower and its embedding, for every image (and each
     of `rotations` quarter turns of it)."""
-    tower = model.tower(view)
     loader = torch.utils.data.DataLoader(ImageListDataset(items, transform), batch_size=batch_size, num_workers=0)
     per_level: list[list[torch.Tensor]] = [[] for _ in range(levels)]
     embs = []
     model.eval()
+    device = next(model.parameters()).device
     with progress_bar(total=len(items), desc=f"verifier tokens ({view})", unit="img", disable=not progress) as bar:
         for x, _ in loader:
-            turns = [torch.rot90(x, r, dims=(-2, -1)) for r in range(rotations)]
-            maps = [tower.forward_intermediates(xr, indices=levels, intermediates_only=True) for xr in turns]
+            # all quarter turns in one batch, one forward pass each (embedding and maps together)
+            turns = torch.cat([torch.rot90(x, r, dims=(-2, -1)) for r in range(rotations)]).to(device)
+            with autocast(device, resolve_precision(precision, device)):
+                emb, maps = model.encode_with_maps(turns, view, levels)
+            b = len(x)
             for i in range(levels):  # [b, rotations, h*w, C]
-                per_level[i].append(torch.stack([m[i].flatten(2).transpose(1, 2) for m in maps], 1))
-            embs.append(torch.stack([model.encode(xr, view) for xr in turns], 1))
-            bar.update(len(x))
+                per_level[i].append(maps[i].float().flatten(2).transpose(1, 2)
+                                    .unflatten(0, (rotations, b)).transpose(0, 1).cpu())
+            embs.append(emb.unflatten(0, (rotations, b)).transpose(0, 1).cpu())
+            bar.update(b)
     grids = [(int(math.isqrt(t[0].shape[2])),) * 2 for t in per_level]
     return Tokens([torch.cat(t).float() for t in per_level], torch.cat(embs).float(), grids)
+
+
+def view_tokens(cfg, model, view: str, items: Sequence, progress: bool = False) -> Tokens:
+    """Tokens as the verifier sees them: street photos as they are, tiles in each of their quarter turns."""
+    return tower_tokens(model, view, items, model_transforms(cfg, model, False, view),
+                        1 if view == "street" else ROTATIONS, progress=progress, precision=cfg.precision)
 
 
 # --- the model ---------------------------------------------------------------------------------------------
@@ -181,16 +192,21 @@ def top1(verifier: Verifier, street: Tokens, tile: Tokens, cands: torch.Tensor, 
 
 def train_verifier(street: Tokens, street_truth: torch.Tensor, tile: Tokens, k: int,
                    val: Optional[tuple[Tokens, torch.Tensor, Tokens]] = None, epochs: int = 20, lr: float = 1e-3,
-                   batch: int = 32, seed: int = 0, progress: bool = False, **model_kw) -> VerifierTraining:
+                   batch: int = 32, seed: int = 0, progress: bool = False, lists: Optional[torch.Tensor] = None,
+                   val_lists: Optional[torch.Tensor] = None, **model_kw) -> VerifierTraining:
     """Fit a verifier on training queries against the stage-1 shortlists of the training tiles (true tile forced
-    in), a random quarter turn per candidate; keep the epoch whose own R@1 on `val` is best (else the last)."""
+    in), a random quarter turn per candidate; keep the epoch whose own R@1 on `val` is best (else the last).
+    lists / val_lists: shortlists to use instead of those of the tokens' own embeddings."""
     torch.manual_seed(seed)
     verifier = build_verifier(street, tile, **model_kw)
-    cands, target = with_truth(shortlists(street.emb[:, 0], tile.emb[:, 0], k), street_truth)
-    val_lists = None
-    if val is not None:
+    lists = shortlists(street.emb[:, 0], tile.emb[:, 0], k) if lists is None else lists
+    cands, target = with_truth(lists, street_truth)
+    if val is None:
+        val_lists = None
+    else:
         v_street, v_truth, v_tile = val
-        val_lists = (shortlists(v_street.emb[:, 0], v_tile.emb[:, 0], k), v_truth)
+        val_lists = (shortlists(v_street.emb[:, 0], v_tile.emb[:, 0], k) if val_lists is None else val_lists,
+                     v_truth)
     opt = torch.optim.AdamW(verifier.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(cands) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
@@ -289,13 +305,11 @@ class VerifierReranker:
                 verifier = Verifier(**stored["model_config"])
                 verifier.load_state_dict(stored["model"])
                 return verifier.eval(), stored["log"]
-        tf = {v: model_transforms(cfg, model, False, v) for v in ("street", "satellite")}
         train_ids, val_ids = ds.split_buildings(cfg.val_fraction, cfg.seed)
 
         def tokens_of(rset):
-            return (tower_tokens(model, "street", rset.queries, tf["street"], 1, progress=progress),
-                    _truth_index(rset),
-                    tower_tokens(model, "satellite", rset.gallery, tf["satellite"], ROTATIONS, progress=progress))
+            return (view_tokens(cfg, model, "street", rset.queries, progress), _truth_index(rset),
+                    view_tokens(cfg, model, "satellite", rset.gallery, progress))
 
         street, truth, tile = tokens_of(ds.val_set(train_ids))
         val = tokens_of(ds.val_set(val_ids)) if val_ids else None
@@ -313,12 +327,9 @@ class VerifierReranker:
         model, _ = load_model_for_eval(cfg)
         ds = open_dataset(cfg, progress=False)
         verifier, _ = self.fit(model, ds, job.out_dir, job.show_progress)
-        tf = {v: model_transforms(cfg, model, False, v) for v in ("street", "satellite")}
         n = len(job.ranking)
-        street = tower_tokens(model, "street", job.features["query_paths"][:n], tf["street"], 1,
-                              progress=job.show_progress)
-        tile = tower_tokens(model, "satellite", job.features["gallery_paths"], tf["satellite"], ROTATIONS,
-                            progress=job.show_progress)
+        street = view_tokens(cfg, model, "street", job.features["query_paths"][:n], job.show_progress)
+        tile = view_tokens(cfg, model, "satellite", job.features["gallery_paths"], job.show_progress)
         cands = torch.as_tensor(np.asarray(job.ranking)[:, :job.k])
         with torch.no_grad():
             scores = pair_scores(verifier, street, tile, cands).numpy()
@@ -343,9 +354,7 @@ def attention_maps(cfg, result, q: int) -> list[np.ndarray]:
     (retrieval order), from the run's stored verifier (rerank/verifier.pt)."""
     model, _ = load_model_for_eval(cfg)
     verifier, _ = VerifierReranker(cfg).fit(model, open_dataset(cfg, progress=False), result.out_dir, progress=False)
-    tf = {v: model_transforms(cfg, model, False, v) for v in ("street", "satellite")}
     f, k = result.features, result.metrics["top_k"]
-    street = tower_tokens(model, "street", [f["query_paths"][q]], tf["street"], 1)
-    tile = tower_tokens(model, "satellite", [f["gallery_paths"][int(g)] for g in result.ranking[q, :k]],
-                        tf["satellite"], ROTATIONS)
+    street = view_tokens(cfg, model, "street", [f["query_paths"][q]])
+    tile = view_tokens(cfg, model, "satellite", [f["gallery_paths"][int(g)] for g in result.ranking[q, :k]])
     return [attention_onto_tile(verifier, street, tile, 0, j) for j in range(k)]

@@ -9,8 +9,9 @@ The names notebook 05 uses are importable from here.
 """
 from .paper_tables import KINDS, Table, build_table, load_sweep_tables, of_kind, table_of_run
 from .render import display_frame, paper_frame, readme_section, show, to_markdown, total_run_time, write_readme
-from .rows import aggregate_seeds, overview, read_manifest, read_run_folder
+from .rows import aggregate_seeds, overview, read_manifest, read_run_folder, rerank_gains, sweep_results
 
 __all__ = ["KINDS", "Table", "build_table", "load_sweep_tables", "of_kind", "table_of_run", "display_frame",
            "paper_frame", "readme_section", "show", "to_markdown", "total_run_time", "write_readme",
-           "aggregate_seeds", "overview", "read_manifest", "read_run_folder"]
+           "aggregate_seeds", "overview", "read_manifest", "read_run_folder", "rerank_gains",
+           "sweep_results"]

@@ -136,6 +136,35 @@ def aggregate_seeds(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sweep_results(name: str, root: Optional[Path] = None) -> pd.DataFrame:
+    """outputs/<name>/results.csv, the rows of one sweep (empty when the sweep has not run here)."""
+    path = (root or outputs_root()) / name / RESULTS
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
+    """What each re-ranking variant did to R@1, paired by seed: for every fusion rule, the retrieval's R@1 and the
+    re-ranked R@1 (means over seeds) and the change (mean and sample std of the per-seed differences)."""
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    rows = []
+    for variant in dict.fromkeys(ok.get("variant", [])):
+        g = ok[ok["variant"] == variant]
+        if "rerank.retrieval.R@1" not in g or g["rerank.retrieval.R@1"].isna().all():
+            continue
+        g = g[g["rerank.retrieval.R@1"].notna()]
+        for rule in FUSIONS:
+            col = f"rerank.{rule}.R@1"
+            if col not in g or g[col].isna().any():
+                continue
+            diff = g[col] - g["rerank.retrieval.R@1"]
+            rows.append({"re-ranker": g["label"].iloc[0], "rule": rule,
+                         "retrieval R@1": g["rerank.retrieval.R@1"].mean(), "re-ranked R@1": g[col].mean(),
+                         "change": diff.mean(), "change std": diff.std(ddof=1) if len(g) > 1 else math.nan,
+                         "seeds": len(g)})
+    return pd.DataFrame(rows, columns=["re-ranker", "rule", "retrieval R@1", "re-ranked R@1", "change",
+                                       "change std", "seeds"])
+
+
 def find_results(root: Optional[Path] = None) -> list[Path]:
     """Every sweep's results.csv under outputs/ (or root)."""
     return sorted((root or outputs_root()).glob(f"*/{RESULTS}"))

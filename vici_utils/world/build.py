@@ -68,7 +68,8 @@ class WorldSpec:
     def from_params(cls, params) -> "WorldSpec":
         return cls(seed=params.world_seed, train_locations=params.world_train_locations,
                    test_locations=params.world_test_locations, distractors=params.world_distractors,
-                   difficulty=params.world_difficulty, challenge=params.world_challenge)
+                   difficulty=params.world_difficulty, challenge=params.world_challenge,
+                   **({"drone_train": (params.world_drone_views,) * 2} if params.world_drone_views else {}))
 
     def key(self) -> str:
         blob = json.dumps({"version": WORLD_VERSION, **asdict(self)}, sort_keys=True)
