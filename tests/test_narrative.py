@@ -47,10 +47,12 @@ def test_variant_difference_compares_the_difference_with_its_noise():
     runs = pd.DataFrame({"variant": ["p0"] * 5 + ["p0.3"] * 5, "seed": list(range(5)) * 2, "status": "ok",
                          "R@1": [10, 11, 9, 10, 10, 14, 15, 13, 14, 14]})
     text = narrative.variant_difference(runs, "p0", "p0.3", "Drone mixing", "The paper reports +3.0.")
-    assert text.startswith("Drone mixing: +4.00 ± 0.45 points of R@1 (14.00 against 10.00")
-    assert "a measured effect" in text and text.endswith("The paper reports +3.0.")
+    # Welch: se = sqrt(0.5/5 + 0.5/5), 8 degrees of freedom, t(0.975, 8) = 2.306
+    assert text.startswith("Drone mixing: +4.00 points of R@1 (14.00 against 10.00, 5 and 5 seeds; "
+                           "95 % confidence interval +2.97 to +5.03")
+    assert "excludes zero: a measured effect" in text and text.endswith("The paper reports +3.0.")
     noisy = runs.assign(**{"R@1": [10, 14, 6, 12, 8, 11, 7, 13, 9, 10]})
-    assert "no effect distinguishable" in narrative.variant_difference(noisy, "p0", "p0.3", "x")
+    assert "includes zero: no effect distinguishable" in narrative.variant_difference(noisy, "p0", "p0.3", "x")
     assert "one seed cannot tell" in narrative.variant_difference(runs.iloc[[0, 5]], "p0", "p0.3", "x")
     failed = runs.assign(status=["ok"] * 5 + ["failed"] * 5)
     assert "no finished runs of both 'p0' and 'p0.3'" in narrative.variant_difference(failed, "p0", "p0.3", "x")
@@ -76,8 +78,11 @@ def test_rerank_gains_are_paired_by_seed_and_judged_against_their_noise():
     assert steady["change"] == pytest.approx(3.0) and steady["change std"] == pytest.approx(0.2)
     assert steady["retrieval R@1"] == pytest.approx(10.0) and steady["seeds"] == 3
     text = narrative.rerank_gains(gains).splitlines()
-    assert "steady: its best rule (weighted)" in text[0] and "+3.00 ± 0.12" in text[0] and "measured gain" in text[0]
-    assert "noisy: its best rule (weighted)" in text[1] and "no change distinguishable" in text[1]
+    # paired: sd 0.2 over 3 seeds, 2 degrees of freedom, t(0.975, 2) = 4.303
+    assert text[0].startswith("steady: its best rule (weighted, the best of 3 after the fact")
+    assert "+3.00 points (mean of 3 seeds' paired differences; 95 % confidence interval +2.50 to +3.50" in text[0]
+    assert text[0].endswith("excludes zero: a measured gain.")
+    assert "noisy: its best rule (weighted" in text[1] and "includes zero: no effect distinguishable" in text[1]
     one = narrative.rerank_gains(rerank_gains(_rerank_results({"once": [-1.0]}, before=(10.0,))))
     assert "its best rule (rrf) changed R@1 by -0.50 points on one seed, which cannot tell" in one
     assert narrative.rerank_gains(rerank_gains(pd.DataFrame({"variant": [], "status": []}))).startswith("No ")

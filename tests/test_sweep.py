@@ -220,6 +220,24 @@ def test_a_run_made_before_a_parameter_existed_counts_at_its_default():
     assert not sweep.finished(older, params.model_copy(update={"world_drone_views": 54}), ["02_finetune.ipynb"])
 
 
+def test_a_run_of_notebooks_02_03_is_the_same_work_whatever_the_re_ranking_keys():
+    nb = ["02_finetune.ipynb", "03_retrieval.ipynb"]
+    done = Params(drone_rate=0.3)
+    manifest = {"status": "ok", "params": done.model_dump(), "notebooks": [{"name": n, "status": "ok"} for n in nb]}
+    reranked_otherwise = done.model_copy(update={"verifier_epochs": 5, "rerank_backend": "verifier"})
+    assert sweep.finished(manifest, reranked_otherwise, nb)
+    assert not sweep.finished(manifest, done.model_copy(update={"lr": 0.01}), nb)
+    manifest["notebooks"].append({"name": "04_rerank.ipynb", "status": "ok"})
+    assert not sweep.finished(manifest, reranked_otherwise, nb + ["04_rerank.ipynb"]), "04 reads them"
+    assert sweep.finished(manifest, done, nb + ["04_rerank.ipynb"])
+
+
+def test_rerank_keys_are_the_re_ranking_section_of_the_parameters():
+    from vici_utils.params import RERANK_KEYS, _sections
+
+    assert set(RERANK_KEYS) == set(dict(_sections())["re-ranking"])
+
+
 def test_a_variant_that_cannot_run_is_recorded_and_the_sweep_goes_on(outputs, tmp_path, base, capsys):
     f = write_sweep(tmp_path / "s.yaml", "sweep: sw\nbase: base.yaml\nonly: ['02', '03']\nseeds: [0, 1]\nvariants:\n"
                                          "- {name: trained}\n"
@@ -343,6 +361,7 @@ def test_readme_section_replaces_only_what_lies_between_the_markers(outputs, tmp
     assert "old numbers" not in text and "on 2026-11-28" in text
     assert "| p0 | 0 | 12.00 ± 2.00 | 22.00 ± 2.00 | 32.00 ± 2.00 | 3 | P = 0 | 24.47 |" in text
     assert "paper's R@1" in text and "| P = 0.5 | 24.89 |" in text
+    assert "\nMeasured: Drone mixing, P = 0.3 minus P = 0: no finished runs of both 'p0' and 'p0.3'" in text
     readme.write_text("# no markers\n")
     with pytest.raises(ParamsError, match="results:start"):
         results.write_readme("x", readme)

@@ -23,6 +23,8 @@ def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
     text, images = _execute(tmp_path / "out.ipynb", "mine")
     assert "sweeps found: tiny_drone (drone_rate)" in text
     assert "15.00 ± 1.41" in text and "with drones" in text, "our mean ± std over the two seeds"
+    assert "Drone mixing, P = 0.3 minus P = 0: +4.50 points of R@1 (15.00 against 10.50, 2 and 2 seeds" in text, \
+        "the sentence from the runs"
     assert "paper&#x27;s R@1" in text or "paper's R@1" in text
     assert "27.49" in text and "24.47" in text, "the paper's drone-rate rows stand beside ours"
     assert "cpu (2 cores)" in text and "embedded world" in text, "which data and hardware the rows ran on"

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from vici_utils.params import Params
+from vici_utils.provenance import describe_data
 from vici_utils.world import WorldSpec, ensure_world, render_location
 from vici_utils.world import build as world_build
 
@@ -113,6 +114,8 @@ def test_university1652_drone_count_changes_the_drone_views_only(tiny, tmp_path)
     spec = WorldSpec.from_params(Params(world_train_locations=6, world_test_locations=4, world_distractors=2,
                                         world_drone_views=54))
     assert spec.drone_train == (54, 54) and spec.key() != WorldSpec(**TINY).key()
+    assert describe_data(Params(world_drone_views=54)).endswith("difficulty 0.5, 54 drone views per building)")
+    assert "drone views" not in describe_data(Params())  # every figure says which world it came from
     loc = render_location(spec, "train", 2)
     base = render_location(WorldSpec(**TINY), "train", 2)
     assert len(loc["drone"]) == 54 and len(base["drone"]) in range(4, 7)

@@ -85,9 +85,24 @@ def rerank_change(before: dict, after: dict, rule: str, what: str) -> str:
             f"(the same {10} candidates are only reordered).")
 
 
+def _interval(diff: float, se: float, df: float) -> tuple[float, float, float]:
+    """95 % confidence interval of a difference from its standard error and degrees of freedom (Student's t), and
+    the two-sided p-value of 'no difference'."""
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, df) * se
+    p = 2 * stats.t.sf(abs(diff) / se, df) if se > 0 else float(diff == 0)
+    return diff - half, diff + half, p
+
+
+def _verdict(lo: float, hi: float, effect: str) -> str:
+    return (f"the interval excludes zero: a measured {effect}" if lo > 0 or hi < 0 else
+            "the interval includes zero: no effect distinguishable from seed-to-seed noise")
+
+
 def variant_difference(results: pd.DataFrame, a: str, b: str, what: str, note: str = "") -> str:
-    """Variant b minus variant a of one sweep, in R@1 over their seeds: the difference of the means with its
-    standard error, and whether it is more than the seed-to-seed noise. `results`: a sweep's results.csv rows
+    """Variant b minus variant a of one sweep, in R@1 over their seeds: the difference of the means, its 95 %
+    confidence interval (Welch) and whether the interval excludes zero. `results`: a sweep's results.csv rows
     (columns variant, status, R@1)."""
     ok = results[results["status"] == "ok"] if "status" in results else results
     runs = {v: ok.loc[ok["variant"] == v, "R@1"].dropna().to_numpy() if "variant" in ok else np.array([])
@@ -99,16 +114,18 @@ def variant_difference(results: pd.DataFrame, a: str, b: str, what: str, note: s
     if len(x) < 2 or len(y) < 2:
         return (f"{what}: {diff:+.2f} points of R@1 from {len(x)} and {len(y)} run(s); one seed cannot tell an "
                 "effect from noise: run more seeds.")
-    se = math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y))
-    verdict = ("more than twice its standard error: a measured effect" if abs(diff) > 2 * se else
-               "within twice its standard error: no effect distinguishable from seed-to-seed noise")
-    return (f"{what}: {diff:+.2f} ± {se:.2f} points of R@1 ({y.mean():.2f} against {x.mean():.2f}; difference of the "
-            f"means ± its standard error, {len(x)} and {len(y)} seeds), {verdict}." + (f" {note}" if note else ""))
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if se > 0 else len(x) + len(y) - 2
+    lo, hi, p = _interval(diff, se, df)
+    return (f"{what}: {diff:+.2f} points of R@1 ({y.mean():.2f} against {x.mean():.2f}, {len(y)} and {len(x)} seeds; "
+            f"95 % confidence interval {lo:+.2f} to {hi:+.2f}, Welch's t-test p = {p:.2g}): "
+            f"{_verdict(lo, hi, 'effect')}." + (f" {note}" if note else ""))
 
 
 def rerank_gains(gains: pd.DataFrame) -> str:
-    """Each re-ranker's best fusion rule and its change of R@1, paired by seed, judged against its standard error.
-    `gains`: results.rerank_gains (one row per re-ranker and rule)."""
+    """Each re-ranker's best fusion rule and its change of R@1, paired by seed, with the 95 % confidence interval
+    of that change. `gains`: results.rerank_gains (one row per re-ranker and rule)."""
     if gains.empty:
         return "No re-ranking sweep has finished yet."
     lines = []
@@ -119,11 +136,10 @@ def rerank_gains(gains: pd.DataFrame) -> str:
             lines.append(f"{name}: its best rule ({best['rule']}) changed R@1 by {best['change']:+.2f} points on one "
                          "seed, which cannot tell an effect from noise.")
             continue
-        se = best["change std"] / math.sqrt(n)
-        verdict = ("more than twice its standard error: a measured " + ("gain" if best["change"] > 0 else "loss")
-                   if abs(best["change"]) > 2 * se else "within twice its standard error: no change distinguishable "
-                   "from seed-to-seed noise")
-        lines.append(f"{name}: its best rule ({best['rule']}) changed R@1 from {_pct(best['retrieval R@1'])} to "
-                     f"{_pct(best['re-ranked R@1'])}, {best['change']:+.2f} ± {se:.2f} points (mean of {n} seeds' "
-                     f"differences ± its standard error), {verdict}.")
+        lo, hi, p = _interval(best["change"], best["change std"] / math.sqrt(n), n - 1)
+        effect = "gain" if best["change"] > 0 else "loss"
+        lines.append(f"{name}: its best rule ({best['rule']}, the best of {len(g)} after the fact, so this is "
+                     f"optimistic) changed R@1 from {_pct(best['retrieval R@1'])} to {_pct(best['re-ranked R@1'])}, "
+                     f"{best['change']:+.2f} points (mean of {n} seeds' paired differences; 95 % confidence interval "
+                     f"{lo:+.2f} to {hi:+.2f}, p = {p:.2g}): {_verdict(lo, hi, effect)}.")
     return "\n".join(lines)

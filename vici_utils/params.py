@@ -234,6 +234,15 @@ TRAIN_KEYS = (
     "rotate_drone", "street_sampling", "select_on", "precision",
 )
 
+# What only notebook 04 reads (the "re-ranking" fields above): a run of notebooks 02-03 is the same work whatever
+# they are, so a sweep reuses it across them.
+RERANK_KEYS = (
+    "rerank_backend", "rerank_top_k", "fusion", "vlm_model", "vlm_base_url", "vlm_concurrency", "vlm_rpm",
+    "vlm_permutations", "vlm_image_size", "vlm_media_resolution", "vlm_temperature", "vlm_thinking_budget",
+    "vlm_max_retries", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries", "vlm_price_in_per_mtok",
+    "vlm_price_out_per_mtok", "kr_k1", "kr_k2", "kr_lambda", "verifier_epochs", "verifier_dim", "verifier_lr",
+)
+
 
 def config_differences(stored: dict, cfg: Params, keys=TRAIN_KEYS) -> list[str]:
     """'key (stored -> now)' for each of `keys` whose value differs between a stored config and `cfg`."""

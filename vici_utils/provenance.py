@@ -14,7 +14,8 @@ def describe_data(cfg) -> str:
     if cfg.is_embedded:
         return (f"embedded world (seed {cfg.world_seed}, {cfg.world_train_locations} train / "
                 f"{cfg.world_test_locations} test + {cfg.world_distractors} distractor locations, "
-                f"difficulty {cfg.world_difficulty:g})")
+                f"difficulty {cfg.world_difficulty:g}"
+                + (f", {cfg.world_drone_views} drone views per building" if cfg.world_drone_views else "") + ")")
     return f"University-1652 at {Path(cfg.data_root).name or cfg.data_root}"
 
 

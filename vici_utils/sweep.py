@@ -42,7 +42,8 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import paper
-from .params import Params, ParamsError, TRAIN_KEYS, absolutize, parse_set, read_params_file, read_yaml, validate
+from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, parse_set, read_params_file,
+                     read_yaml, validate)
 from .paths import outputs_root, run_dir
 from .results.rows import read_run_folder
 from .run_folder import CHECKPOINTS, MANIFEST, TRAIN, read_manifest
@@ -237,11 +238,12 @@ def bind_model(run: PlannedRun, index: Optional[dict[Path, dict]] = None) -> Non
 
 # --- finished runs ------------------------------------------------------------------------------------------
 
-def _comparable(params: dict) -> str:
-    """Parameters as a canonical string, run name aside (the same work under another name is the same work). A
-    parameter added after a run was made counts at its default, which is how that run behaved."""
+def _comparable(params: dict, ignore: tuple = ()) -> str:
+    """Parameters as a canonical string, run name and `ignore` aside (the same work under another name is the same
+    work). A parameter added after a run was made counts at its default, which is how that run behaved."""
     defaults = {k: f.default for k, f in Params.model_fields.items()}
-    return json.dumps({k: v for k, v in {**defaults, **params}.items() if k != "run_name"}, sort_keys=True,
+    skip = {"run_name", *ignore}
+    return json.dumps({k: v for k, v in {**defaults, **params}.items() if k not in skip}, sort_keys=True,
                       default=str)
 
 
@@ -255,7 +257,8 @@ def finished(manifest: Optional[dict], params: Params, notebooks: list[str]) -> 
     """True when a manifest records a finished run of these parameters that executed these notebooks."""
     if not manifest or manifest.get("status") != "ok":
         return False
-    if _comparable(manifest.get("params", {})) != _comparable(params.model_dump()):
+    ignore = () if "04_rerank.ipynb" in notebooks else RERANK_KEYS  # re-ranking keys matter to notebook 04 only
+    if _comparable(manifest.get("params", {}), ignore) != _comparable(params.model_dump(), ignore):
         return False
     ok = {n["name"] for n in manifest.get("notebooks", []) if n.get("status") == "ok"}
     return set(notebooks) <= ok

@@ -255,7 +255,7 @@ CHECKPOINT = "verifier.pt"
 LOG = "verifier_log.csv"
 
 
-def _truth_index(rset) -> torch.Tensor:
+def truth_index(rset) -> torch.Tensor:
     """For each query of a RetrievalSet, the index of its building's tile in the gallery."""
     where = {g.building: i for i, g in enumerate(rset.gallery)}
     return torch.tensor([where[q.building] for q in rset.queries])
@@ -308,7 +308,7 @@ class VerifierReranker:
         train_ids, val_ids = ds.split_buildings(cfg.val_fraction, cfg.seed)
 
         def tokens_of(rset):
-            return (view_tokens(cfg, model, "street", rset.queries, progress), _truth_index(rset),
+            return (view_tokens(cfg, model, "street", rset.queries, progress), truth_index(rset),
                     view_tokens(cfg, model, "satellite", rset.gallery, progress))
 
         street, truth, tile = tokens_of(ds.val_set(train_ids))

@@ -92,7 +92,8 @@ def _table_from_section(name: str, kind: str, lines: list[str], date: str) -> Op
     if not rows:
         return None
     extra = [c for c in ours_cols[1:] if c not in RECALLS and c != "seeds"]
-    return Table(f"{name} ({RECORDED}, {date})", kind, pd.DataFrame(rows), provenance, extra)
+    findings = [ln.removeprefix("Measured: ") for ln in lines if ln.startswith("Measured: ")]
+    return Table(f"{name} ({RECORDED}, {date})", kind, pd.DataFrame(rows), provenance, extra, findings=findings)
 
 
 def recorded_tables(kind: str, readme: Path = REPO_ROOT / "README.md") -> list[Table]:
@@ -139,6 +140,8 @@ def show_recorded(tables: list[Table]) -> None:
                         for v, s in zip(t.rows[m], t.rows[f"{m}_std"])]
         shown["seeds"] = t.rows.get("n")
         display(shown.rename(columns={"row": "ours"}).set_index("ours"))
+        if t.findings:
+            display(Markdown("\n\n".join(f"Measured (recorded): {sentence}" for sentence in t.findings)))
 
 
 # --- figures -------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ..metrics import RECALLS
 from ..rerank.rerankers import sees_order
 from ..paths import run_dir
 from ..rerank.fusion import FUSIONS
+from .findings import findings
 from .rows import aggregate_seeds, find_results, read_run_folder
 
 TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
@@ -55,6 +56,7 @@ class Table:
     provenance: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)        # columns between the row label and the metrics
     paper_extra: list[str] = field(default_factory=list)  # the paper's own extra columns
+    findings: list[str] = field(default_factory=list)     # sentences on what the runs measured (findings.py)
 
     @property
     def title(self) -> str:
@@ -252,8 +254,9 @@ def build_table(results: pd.DataFrame, name: Optional[str] = None) -> Table:
     variants = aggregate_seeds(results)
     rows = kind.shape(variants) if len(variants) else []
     table_rows, paper_extra = _beside_paper(rows, kind_name, kind) if rows else (pd.DataFrame(rows), [])
-    return Table(name or str(results["sweep"].iloc[0]), kind_name, table_rows,
-                 _provenance(results, variants, swept), list(kind.extra) if len(variants) else [], paper_extra)
+    name = name or str(results["sweep"].iloc[0])
+    return Table(name, kind_name, table_rows, _provenance(results, variants, swept),
+                 list(kind.extra) if len(variants) else [], paper_extra, findings(name, kind_name, results))
 
 
 def load_sweep_tables(root: Optional[Path] = None) -> list[Table]:

@@ -91,6 +91,7 @@ def readme_section(tables: list[Table], now: Optional[str] = None, cost: str = "
         out += [f"- {line}" for line in t.provenance] + [""]
         frame = display_frame(t)
         out += [to_markdown(frame) if len(frame) else "_no finished rows yet_", ""]
+        out += [line for sentence in t.findings for line in (f"Measured: {sentence}", "")]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -119,3 +120,5 @@ def show(table: Table) -> None:
     display(Markdown("\n".join(lines)))
     frame = display_frame(table)
     display(frame if len(frame) else Markdown("_no finished rows yet_"))
+    if table.findings:
+        display(Markdown("\n\n".join(f"Measured: {sentence}" for sentence in table.findings)))

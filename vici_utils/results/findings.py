@@ -1,0 +1,35 @@
+"""What a sweep measured, in sentences computed from its runs: the comparisons that test the paper's claims
+(pretraining, drone mixing) and every re-ranker's change of R@1. Shown under the tables in notebook 05 and in
+the README's results section."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import narrative
+from .rows import rerank_gains
+
+# sweep name (or table kind) -> (variant a, variant b, what "b minus a" measures, a note)
+COMPARISONS: dict[str, list[tuple[str, str, str, str]]] = {
+    "backbones": [("effnet_scratch", "effnet_pretrained",
+                   "Pretraining, EfficientNet-Lite0 with ImageNet weights minus the same network from scratch", ""),
+                  ("resnet10t_scratch", "effnet_pretrained",
+                   "EfficientNet-Lite0 with ImageNet weights minus ResNet-10t from scratch", "")],
+    "drone_rate": [("p0", "p0.3", "Drone mixing, P = 0.3 minus P = 0",
+                    "The paper reports +3.0 on University-1652, from one run per P.")],
+    "ablation": [("no_drone", "drone", "Drone data, + drone data minus the model alone", "")],
+    "drone_views": [("p0", "p0.3_54", "Drone mixing with 54 drone views per building, P = 0.3 minus P = 0", ""),
+                    ("p0.3", "p0.3_54", "At P = 0.3, 54 drone views per building minus 4-6", "")],
+}
+
+
+def findings(name: str, kind: str, results: pd.DataFrame) -> list[str]:
+    """The sentences for one sweep's results.csv rows: its comparisons whose two variants it has, then what
+    each re-ranking variant changed (paired by seed)."""
+    variants = set(results["variant"]) if "variant" in results else set()
+    out = [narrative.variant_difference(results, a, b, what, note)
+           for a, b, what, note in COMPARISONS.get(name, COMPARISONS.get(kind, []))
+           if {a, b} <= variants]
+    gains = rerank_gains(results)
+    if len(gains):
+        out += narrative.rerank_gains(gains).splitlines()
+    return out
