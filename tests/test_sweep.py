@@ -396,3 +396,14 @@ def test_model_stats_match_the_papers_columns_and_are_cached(outputs):
 def test_repo_readme_has_the_results_markers():
     text = (REPO_ROOT / "README.md").read_text() if (REPO_ROOT / "README.md").is_file() else ""
     assert text.find(render.README_START) < text.find(render.README_END) and render.README_START in text
+
+
+def test_a_key_left_unset_in_one_variant_still_counts_as_varied(outputs, tmp_path, base):
+    f = write_sweep(tmp_path / "v.yaml", "sweep: views\nbase: base.yaml\nonly: ['02', '03']\nvariants:\n"
+                                         "- {name: few}\n- {name: many, set: {world_drone_views: 54}}\n")
+    s = sweep.load(f)
+    for r in s.runs:
+        write_run(outputs, r.run_name, r.params, rerank=False, notebooks=("02_finetune.ipynb", "03_retrieval.ipynb"))
+    sweep.collect(s)
+    [table] = [t for t in results.load_sweep_tables() if t.name == "views"]
+    assert any(line.endswith("varied: world_drone_views") for line in table.provenance), table.provenance

@@ -250,7 +250,8 @@ def build_table(results: pd.DataFrame, name: Optional[str] = None) -> Table:
     kind = KINDS.get(kind_name, KINDS[OWN])
     trained = results[results["model_from"] == ""] if "model_from" in results else results
     swept = [c.removeprefix("param.") for c in results.columns
-             if c.startswith("param.") and c != "param.seed" and trained[c].astype(str).nunique() > 1]
+             if c.startswith("param.") and c != "param.seed"
+             and trained[c].map(lambda v: "" if pd.isna(v) else str(v)).nunique() > 1]  # unset (None) counts
     variants = aggregate_seeds(results)
     rows = kind.shape(variants) if len(variants) else []
     table_rows, paper_extra = _beside_paper(rows, kind_name, kind) if rows else (pd.DataFrame(rows), [])
