@@ -83,7 +83,7 @@ class Params(BaseModel):
         "it is evaluated as it is); None = the backbone with its `pretrained` weights"))
 
     # --- training -------------------------------------------------------------------------------
-    epochs: int = Field(32, ge=0, description="training epochs; 0 = no training, evaluate init_checkpoint or the "
+    epochs: int = Field(48, ge=0, description="training epochs; 0 = no training, evaluate init_checkpoint or the "
                                               "pretrained backbone")
     batch_size: int = Field(64, ge=2, description="(street, satellite) pairs per step and GPU, each of another "
                                                   "building: the other pairs are the negatives")
