@@ -9,6 +9,7 @@ import pytest
 
 from vici_utils import model_stats, paper, results, sweep
 from vici_utils.params import Params, ParamsError, read_yaml
+from vici_utils.params import load as params_load
 from vici_utils.paths import PARAMS_DIR, REPO_ROOT
 from vici_utils.results import cli as results_cli, render
 
@@ -95,6 +96,11 @@ def test_shipped_sweeps_expand_and_share_runs(outputs, monkeypatch, tmp_path):
             assert run.params.init_checkpoint.endswith(f"vlms/trained_s{s}/train/best.pt")
             assert run.params.rerank_backend == reranker
     assert _same_work(backbones["effnet_pretrained_s0"], drone["p0.3_s0"])
+    # drone_rate_long is the default's recipe, full schedule, with only P and the seed varied
+    default = params_load(PARAMS_DIR / "default.yaml").model_dump()
+    for name, run in _runs("drone_rate_long").items():
+        changed = {k for k, v in run.params.model_dump().items() if v != default[k]}
+        assert changed <= {"run_name", "drone_rate", "seed"} and run.params.epochs == default["epochs"], name
     # drone_views reuses drone_rate's runs and changes one statistic of the world for its own
     views = _runs("drone_views")
     for s in range(5):
