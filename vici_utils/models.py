@@ -100,21 +100,19 @@ class TwoTower(nn.Module):
     def encode(self, x: torch.Tensor, view: str) -> torch.Tensor:
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-        z = self.tower(view)(x)
-        head = self.head(view)
-        if head is not None:
-            z = head(z)
-        return F.normalize(z.float(), dim=-1)  # normalise in fp32 even under bf16 autocast
+        return self._embedding(self.tower(view)(x), view)
 
     def encode_with_maps(self, x: torch.Tensor, view: str, levels: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The embedding and the feature maps of the tower's last `levels` stages, from one forward pass."""
         tower = self.tower(view)
         final, maps = tower.forward_intermediates(x, indices=levels)
-        z = tower.forward_head(final)
+        return self._embedding(tower.forward_head(final), view), maps
+
+    def _embedding(self, pooled: torch.Tensor, view: str) -> torch.Tensor:
+        """A tower's pooled features -> the view's head (if any) -> unit length."""
         head = self.head(view)
-        if head is not None:
-            z = head(z)
-        return F.normalize(z.float(), dim=-1), maps
+        z = head(pooled) if head is not None else pooled
+        return F.normalize(z.float(), dim=-1)  # normalise in fp32 even under bf16 autocast
 
     def encode_street(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x, "street")

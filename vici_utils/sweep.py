@@ -238,12 +238,14 @@ def bind_model(run: PlannedRun, index: Optional[dict[Path, dict]] = None) -> Non
 
 # --- finished runs ------------------------------------------------------------------------------------------
 
+_DEFAULTS = {k: f.default for k, f in Params.model_fields.items()}
+
+
 def _comparable(params: dict, ignore: tuple = ()) -> str:
     """Parameters as a canonical string, run name and `ignore` aside (the same work under another name is the same
     work). A parameter added after a run was made counts at its default, which is how that run behaved."""
-    defaults = {k: f.default for k, f in Params.model_fields.items()}
     skip = {"run_name", *ignore}
-    return json.dumps({k: v for k, v in {**defaults, **params}.items() if k not in skip}, sort_keys=True,
+    return json.dumps({k: v for k, v in {**_DEFAULTS, **params}.items() if k not in skip}, sort_keys=True,
                       default=str)
 
 
