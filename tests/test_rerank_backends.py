@@ -16,7 +16,8 @@ BACKENDS = ["gemini", "openai"]
 
 def config(backend, server, **kw):
     base = server.url if backend == "gemini" else server.url + "/v1"
-    raw = {"run_name": "t", "rerank_backend": backend, "vlm_base_url": base, "rerank_top_k": 5, "vlm_rpm": 100000,
+    raw = {"run_name": "t", "fusion": "weighted",
+           "rerank_backend": backend, "vlm_base_url": base, "rerank_top_k": 5, "vlm_rpm": 100000,
            "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2}
     if backend == "openai":
         raw["vlm_model"] = "qwen2.5-vl"
@@ -155,7 +156,8 @@ def test_unreachable_server_stops_instead_of_silently_keeping_retrieval(outputs,
     write_tiny_run(outputs, "t", buildings=12, queries_per_building=1)
     with FakeVLMServer() as s:
         url = s.url  # closed once the block ends: connection refused
-    cfg = validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
+    cfg = validate({"run_name": "t", "fusion": "weighted",
+                    "rerank_backend": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
                     "vlm_max_retries": 0, "rerank_top_k": 5})
     with pytest.raises(RerankError, match="server looks down"):
         rerank(cfg)

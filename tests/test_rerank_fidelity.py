@@ -38,7 +38,7 @@ def test_the_paper_request_on_the_wire(outputs, monkeypatch, tmp_path, backend):
     npz = write_tiny_run(outputs, "t", buildings=4, queries_per_building=1, distractors=2)
     feats = load_features(npz)
     with FakeVLMServer() as server:
-        raw = {**vlm, "run_name": "t", "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1}
+        raw = {**vlm, "run_name": "t", "fusion": "weighted", "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1}
         if backend == "openai":
             raw.update(rerank_backend="openai", vlm_model="qwen2.5-vl", vlm_base_url=server.url + "/v1")
         else:
@@ -83,7 +83,8 @@ def test_the_embedded_default_sends_small_jpegs(outputs, monkeypatch):
     for path in load_features(npz)["query_paths"]:
         Image.open(path).resize((120, 80)).save(path)
     with FakeVLMServer() as server:
-        cfg = validate({"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
+        cfg = validate({"run_name": "t", "fusion": "weighted",
+                        "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
                         "vlm_image_size": 32, "vlm_rpm": 100000})  # the default, 384, on 32-px-scale data
         run_rerank(cfg, show_progress=False)
     assert [Image.open(io.BytesIO(s.images[0])).size for s in server.seen] == [(32, 21)] * 2

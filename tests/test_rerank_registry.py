@@ -16,7 +16,7 @@ from vici_utils.rerank.rerankers import RERANKERS, Reranked, outcomes_from_order
 
 def test_params_take_their_choices_from_the_registries():
     assert typing.get_args(Params.model_fields["rerank_backend"].annotation) == tuple(RERANKERS)
-    assert typing.get_args(Params.model_fields["fusion"].annotation) == tuple(fusion.FUSIONS)
+    assert typing.get_args(Params.model_fields["fusion"].annotation) == (*fusion.FUSIONS, fusion.VALIDATION)
 
 
 def test_no_import_circle_and_params_import_no_reranker():
@@ -69,7 +69,8 @@ def test_a_new_reranker_and_fusion_rule_are_one_entry_each(outputs, monkeypatch)
     halfway.label = "fused: retrieval counted twice"
     monkeypatch.setitem(fusion.FUSIONS, "halfway", halfway)
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
-    cfg = validate({"run_name": "t", "rerank_top_k": 4}).model_copy(update={"rerank_backend": "reverse"})
+    cfg = validate({"run_name": "t", "fusion": "weighted",
+                    "rerank_top_k": 4}).model_copy(update={"rerank_backend": "reverse"})
     result = run_rerank(cfg, show_progress=False)
     assert (result.fused["vlm"][:, :4] == result.ranking[:, 3::-1]).all()
     assert result.metrics["backend"] == "reverse" and result.metrics["model"] == "reverse-v1"

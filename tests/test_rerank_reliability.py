@@ -26,7 +26,8 @@ RESULTS = ("answer_fused.txt", "answer_vlm.txt", "reasons.jsonl", "metrics.json"
 
 
 def config(backend, url, **kw):
-    raw = {"run_name": "t", "rerank_backend": backend, "vlm_base_url": url if backend == "gemini" else url + "/v1",
+    raw = {"run_name": "t", "fusion": "weighted",
+           "rerank_backend": backend, "vlm_base_url": url if backend == "gemini" else url + "/v1",
            "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2}
     if backend == "openai":
         raw["vlm_model"] = "qwen2.5-vl"

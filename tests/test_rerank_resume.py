@@ -35,7 +35,8 @@ def test_kill_and_resume_sends_no_stored_request_again(outputs, monkeypatch):
     write_tiny_run(outputs, "t", buildings=12, queries_per_building=2)
     cache = outputs / "t" / "rerank" / "cache.jsonl"
     with FakeVLMServer(delay_s=0.1) as server:
-        raw = {"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
+        raw = {"run_name": "t", "fusion": "weighted",
+               "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
                "vlm_concurrency": 2, "vlm_rpm": 100000, "vlm_max_retries": 2}
         env = {**os.environ, "VICI_OUTPUTS": str(outputs), "GEMINI_API_KEY": KEY, "VICI_HEADLESS": "1"}
         child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(raw)], cwd=REPO_ROOT, env=env,

@@ -7,12 +7,13 @@ import pytest
 from tests.fake_vlm_servers import write_tiny_run
 from tests.notebooks import execute
 from vici_utils import answers, metrics
-from vici_utils.params import validate
-from vici_utils.rerank import load_features, metrics_table, run_rerank
+from vici_utils.params import ParamsError, validate
+from vici_utils.rerank import fusion, load_features, metrics_table, run_rerank
+from vici_utils.rerank.rerankers import RERANKERS, Reranked, RerankError, outcomes_from_orders
 
 
 def cfg(**kw):
-    return validate({"run_name": "t", **kw})
+    return validate({"run_name": "t", "fusion": "weighted", **kw})
 
 
 def retrieval_top10(npz):
@@ -84,3 +85,73 @@ def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
     assert images >= 4
     assert "different data" in text and "k-reciprocal" in text
     assert (outputs / "nb04" / "rerank" / "metrics.json").is_file()
+
+
+# --- fusion: validation (issue 19): the reported rule is chosen on the held-out buildings, never on test -----------
+class OracleReranker:
+    """Knows the truth: puts each query's true tile first among its top k (last when `reverse`)."""
+    name = "oracle"
+    reverse = False
+
+    def __init__(self, cfg):
+        pass
+
+    @staticmethod
+    def describe(cfg) -> str:
+        return "oracle (a test re-ranker)"
+
+    def check(self, job):
+        pass
+
+    def rerank(self, job):
+        f = job.features
+        orders = []
+        for q in range(len(job.ranking)):
+            hit = [f["gallery_ids"][g] == f["query_ids"][q] for g in job.ranking[q, :job.k]]
+            order = sorted(range(job.k), key=lambda i: not hit[i])
+            orders.append(order[::-1] if self.reverse else order)
+        return Reranked(outcomes_from_orders(job, orders, ["oracle"] * len(orders), "oracle"), "oracle")
+
+
+class ReverseOracleReranker(OracleReranker):
+    reverse = True
+
+
+def _with_validation(outputs, test_seed: int = 0):
+    """Run 't' with test features (seed test_seed) and validation features from another tiny world."""
+    write_tiny_run(outputs, "val_source", buildings=12, queries_per_building=2, seed=7)
+    write_tiny_run(outputs, "t", buildings=12, queries_per_building=2, seed=test_seed)
+    (outputs / "val_source" / "retrieval" / "features.npz").rename(outputs / "t" / "retrieval" / "val_features.npz")
+
+
+@pytest.mark.parametrize("reranker, expected", [("oracle", "vlm"), ("reverse_oracle", None)])
+def test_fusion_validation_reports_the_rule_best_on_the_held_out_buildings(outputs, monkeypatch, reranker, expected):
+    monkeypatch.setitem(RERANKERS, "oracle", "tests.test_rerank_run:OracleReranker")
+    monkeypatch.setitem(RERANKERS, "reverse_oracle", "tests.test_rerank_run:ReverseOracleReranker")
+    chosen = []
+    for test_seed in (0, 1):  # other test data, same validation data: the same choice
+        _with_validation(outputs, test_seed)
+        cfg = validate({"run_name": "t", "fusion": "validation"}).model_copy(update={"rerank_backend": reranker})
+        m = run_rerank(cfg, show_progress=False).metrics
+        chosen.append(m["fusion_chosen"])
+        val = m["fusion_chosen"]["validation"]
+        assert m["fusion_chosen"]["on"] == "validation" and m["fusion_chosen"]["queries"] == 24
+        assert m["headline"] == m["fusion_chosen"]["rule"]
+        assert val[m["headline"]]["R@1"] == max(val[rule]["R@1"] for rule in fusion.FUSIONS)
+        out = outputs / "t" / "rerank"
+        fused = answers.read_answer_txt(out / "answer_fused.txt")
+        assert (fused == answers.read_answer_txt(out / "answer_vlm.txt")) == (m["headline"] == "vlm")
+    assert chosen[0] == chosen[1]
+    if expected:
+        assert chosen[0]["rule"] == expected
+    else:  # the re-ranker's own order is the worst rule here: never chosen
+        assert chosen[0]["rule"] != "vlm" and val["vlm"]["R@1"] < val["retrieval"]["R@1"]
+
+
+def test_fusion_validation_without_validation_features_says_what_to_run(outputs):
+    write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
+    with pytest.raises(RerankError, match=r"val_features.npz: no validation features.*notebook 03"):
+        run_rerank(validate({"run_name": "t", "fusion": "validation"}), show_progress=False)
+    assert not (outputs / "t" / "rerank").exists(), "checked before any work"
+    with pytest.raises(ParamsError, match="val_fraction is 0"):
+        validate({"fusion": "validation", "val_fraction": 0})

@@ -12,6 +12,7 @@ from vici_utils import answers, embed, metrics, params, retrieval
 from vici_utils.models import TwoTower
 from vici_utils.paths import run_dir
 from vici_utils.rerank import load_features
+from vici_utils.u1652 import open_dataset
 
 
 def tiny_cfg(**kw):
@@ -51,10 +52,19 @@ def test_run_retrieval_writes_consistent_files_and_caches(tiny_world_outputs, mo
     out = run_dir(cfg.run_name) / "retrieval"
     test = result.test
     nq, ng = len(test.queries), len(test.gallery)
-    assert counted_extraction["images"] == 2 * (nq + ng)  # test + challenge, queries + gallery
+    ds = open_dataset(cfg, progress=False)
+    val = ds.val_set(ds.split_buildings(cfg.val_fraction, cfg.seed)[1])
+    n_val = len(val.queries) + len(val.gallery)
+    assert counted_extraction["images"] == 2 * (nq + ng) + n_val  # test + challenge + validation
+
+    # the held-out buildings (never the test set) are where stage 2 chooses its fusion rule (issue 19)
+    held_out = load_features(out / "val_features.npz")
+    assert held_out["query_ids"] == val.query_ids and held_out["gallery_ids"] == val.gallery_ids
+    assert not set(held_out["gallery_ids"]) & set(test.gallery_ids)
 
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["protocol"] == "official" and summary["n_query"] == nq and summary["n_gallery"] == ng
+    assert summary["validation"]["queries"] == len(val.queries) and 0 <= summary["validation"]["R@1"] <= 100
     assert summary["weights"].startswith("trained checkpoint") and "best.pt" in summary["weights"]
     assert summary["distractors_dropped"]["protocol"] == "distractors_dropped"
     assert summary["distractors_dropped"]["n_gallery"] == ng - len(test.distractors)
@@ -94,10 +104,13 @@ def test_run_retrieval_writes_consistent_files_and_caches(tiny_world_outputs, mo
     retrieval.run_retrieval(cfg, progress=False)
     assert counted_extraction["images"] == before, "a rerun with the same inputs reads the feature cache"
     retrieval.run_retrieval(cfg.model_copy(update={"flip_tta": True}), progress=False, challenge=False)
-    assert counted_extraction["images"] == before + nq + ng, "flip_tta recomputes"
+    assert counted_extraction["images"] == before + nq + ng + n_val, "flip_tta recomputes"
     write_best_checkpoint(cfg, seed=4)
     retrieval.run_retrieval(cfg, progress=False, challenge=False)
-    assert counted_extraction["images"] == before + 2 * (nq + ng), "new weights recompute"
+    assert counted_extraction["images"] == before + 2 * (nq + ng + n_val), "new weights recompute"
+    retrieval.run_retrieval(cfg.model_copy(update={"val_fraction": 0.0, "fusion": "weighted"}), progress=False,
+                            challenge=False)
+    assert not (out / "val_features.npz").exists(), "no split: no validation features left from an earlier run"
 
 
 def test_zero_shot_and_init_checkpoint_say_which_weights(tiny_world_outputs, monkeypatch, tmp_path):

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .rerank.fusion import FUSIONS  # the registries (they import nothing of params: no circle)
+from .rerank.fusion import FUSIONS, VALIDATION  # the registries (they import nothing of params: no circle)
 from .rerank.rerankers import RERANKERS
 
 from .paths import REPO_ROOT, resolve_user_path, run_dir
@@ -142,9 +142,11 @@ class Params(BaseModel):
         "the registry is rerank.rerankers.RERANKERS"))
     rerank_top_k: int = Field(10, ge=2, description="candidates re-ranked per query: the retrieval's top K (lower "
                                                     "ranks keep their order)")
-    fusion: Literal[tuple(FUSIONS)] = Field("weighted", description=(
-        "rule of answer_fused.txt: weighted = re-ranked rank + retrieval rank (VICI); vlm = the re-ranker's order; "
-        "rrf = reciprocal rank fusion (rerank.fusion.FUSIONS)"))
+    fusion: Literal[(*FUSIONS, VALIDATION)] = Field(VALIDATION, description=(
+        "rule of answer_fused.txt and the run's reported result: weighted = re-ranked rank + retrieval rank (VICI); "
+        "vlm = the re-ranker's order; rrf = reciprocal rank fusion (rerank.fusion.FUSIONS); validation = the rule "
+        "with the best R@1 when the same re-ranker re-ranks the held-out validation buildings (needs val_fraction "
+        "> 0; a VLM is then asked about those queries too)"))
     vlm_model: str = Field("gemini-2.5-flash", description="model name sent to the VLM server (a Gemini model id, "
                                                            "or an OpenAI-compatible server's model)")
     vlm_base_url: Optional[str] = Field(None, description=(
@@ -213,6 +215,13 @@ class Params(BaseModel):
         if isinstance(v, str) and v.lower() in {"true", "false", "none", ""}:
             return v.lower() == "true"
         return v
+
+    @model_validator(mode="after")
+    def _fusion_needs_validation_buildings(self):
+        if self.fusion == VALIDATION and self.val_fraction == 0:
+            raise ValueError(f"fusion: {VALIDATION} chooses the fusion rule on the held-out validation buildings, but "
+                             f"val_fraction is 0: set val_fraction > 0, or name a rule ({', '.join(FUSIONS)})")
+        return self
 
     @property
     def is_embedded(self) -> bool:
@@ -288,7 +297,8 @@ def validate(raw: dict, where: str = "parameters") -> Params:
         lines = [f"{where}: invalid parameters"]
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}")
+            # a check across keys (no loc) names its keys itself; its input is every parameter
+            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}" if key else f"  {err['msg']}")
         raise ParamsError("\n".join(lines)) from None
 
 

@@ -1,6 +1,8 @@
 """Stage-1 retrieval evaluation of a run (notebook 03): embed, rank, score, and write the answer files.
 
     outputs/<run>/retrieval/features.npz   query/gallery features, building ids, names, paths (test split)
+                            val_features.npz  the same for the held-out validation buildings (val_fraction > 0):
+                                           what stage 2 chooses its fusion rule on (fusion: validation)
                             metrics.json   R@1/R@5/R@10/AP (%) under the official protocol, the named
                                            distractors_dropped numbers, the challenge score when it can be scored
                             answer.txt     top-10 gallery names per test query, tab-separated, best first
@@ -25,7 +27,7 @@ from .device import resolve_device
 from .embed import cached_features, state_dict_hash
 from .models import load_model_for_eval
 from .paths import run_dir
-from .run_folder import RETRIEVAL, TRAIN, trained_checkpoint
+from .run_folder import RETRIEVAL, TRAIN, VAL_FEATURES, trained_checkpoint
 from .weight_sources import PACKAGE, package_source
 from .provenance import describe_data, describe_model, describe_selection
 from .u1652 import ImageItem, RetrievalSet, open_dataset
@@ -142,6 +144,22 @@ def run_challenge(ds, embed: _Embedder, out_dir: Path, index: str) -> dict:
     return info
 
 
+def _validation(cfg, ds, embed: _Embedder, out_dir: Path) -> Optional[dict]:
+    """Embed the held-out validation buildings (the run's own split) into val_features.npz, where stage 2 chooses
+    its fusion rule without looking at the test set; their metrics go into metrics.json. None without a split."""
+    _, val_ids = ds.split_buildings(cfg.val_fraction, cfg.seed)
+    path = out_dir / VAL_FEATURES
+    path.unlink(missing_ok=True)  # a split that no longer exists must not leave an older run's features behind
+    if not val_ids:
+        return None
+    val = ds.val_set(val_ids)
+    qf = embed(val.queries, "street", "val-queries")
+    gf = embed(val.gallery, "satellite", "val-gallery")
+    save_features(path, val, qf, gf)
+    return {"buildings": len(val_ids), "queries": len(val.queries),
+            **metrics.scalars(metrics.evaluate(qf, gf, val.query_ids, val.gallery_ids))}
+
+
 def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> RetrievalResult:
     """Evaluate the run's model on the test split (and the challenge set when the data has one)."""
     start = time.time()
@@ -164,6 +182,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     dropped = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids, protocol="distractors_dropped")
 
     save_features(out_dir / "features.npz", test, qf, gf)
+    validation = _validation(cfg, ds, embed, out_dir)
     top_scores, top_idx, names = _top_k(test, qf, gf, cfg.faiss_index)
     answers.write_answer_txt(out_dir / "answer.txt", names, k=top_idx.shape[1])
     answers.write_topk_csv(out_dir / "topk.csv", [q.name for q in test.queries], [g.name for g in test.gallery],
@@ -180,6 +199,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
         "model": describe_model(cfg),
         "weights": weights,
         "model_selection": describe_selection(cfg),
+        "validation": validation,
         "embedding_dim": int(qf.shape[1]),
         "flip_tta": cfg.flip_tta,
         "faiss_index": cfg.faiss_index,

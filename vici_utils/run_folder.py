@@ -4,7 +4,7 @@ truncated file that passes for a finished one).
 
     outputs/<run_name>/run.json  params.yaml  NN_name.ipynb          (runner)
                        train/      last.pt  best.pt  train_log.csv  config.yaml  result.json
-                       retrieval/  features.npz  metrics.json  answer.txt  topk.csv  challenge/
+                       retrieval/  features.npz  val_features.npz  metrics.json  answer.txt  topk.csv  challenge/
                        rerank/     answer_fused.txt  answer_vlm.txt  reasons.jsonl  metrics.json  cache.jsonl
                                    verifier.pt  verifier_log.csv
 """
@@ -21,6 +21,7 @@ MANIFEST = "run.json"      # the runner's record of a run: parameters, code, dev
 PARAMS = "params.yaml"     # the run's resolved parameters: every notebook of the run reads them
 TRAIN, RETRIEVAL, RERANK = "train", "retrieval", "rerank"
 CHECKPOINTS = ("best.pt", "last.pt")  # a run evaluates the first that exists
+FEATURES, VAL_FEATURES = "features.npz", "val_features.npz"  # retrieval/: test split, held-out validation buildings
 
 
 def stage_dir(run_name: str, stage: str) -> Path:

@@ -9,7 +9,8 @@ by the retrieval order:
   weighted  VICI's rule: sort by vlm_rank + retrieval_rank (an unweighted Borda count of the two lists)
   vlm       the model's order alone
   rrf       reciprocal rank fusion, score 1/(60 + vlm_rank) + 1/(60 + retrieval_rank)
-A new rule is one function here, decorated with @rule(label): lower scores rank first.
+A new rule is one function here, decorated with @rule(label): lower scores rank first. The `fusion` parameter also
+takes VALIDATION: the run then reports the rule that does best on the held-out validation buildings (rerank.run).
 Only the top K are reordered; positions K+1.. keep the retrieval order, so R@k for k >= K cannot move.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 FUSIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {}
 RRF_K = 60
+VALIDATION = "validation"  # the `fusion` value that chooses the rule on the validation buildings
 
 
 def rule(label: str):

@@ -24,7 +24,8 @@ def describe_reranker(cfg) -> str:
 
 def before_after(result: RerankResult, cfg) -> pd.DataFrame:
     """Our rows (retrieval and every fusion rule) and, on University-1652, the paper's rows beside them."""
-    ours = pd.DataFrame([{"source": "this run", "ranking": rule_label(r) + (" *" if r == cfg.fusion else ""),
+    reported = result.metrics["headline"]  # the fusion parameter's rule, or the one chosen on validation
+    ours = pd.DataFrame([{"source": "this run", "ranking": rule_label(r) + (" *" if r == reported else ""),
                           **{c: result.metrics[r][c] for c in COLUMNS}} for r in ("retrieval", *FUSIONS)])
     if cfg.is_embedded:
         return ours.round(2)

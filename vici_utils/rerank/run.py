@@ -8,9 +8,10 @@ run where more than vlm_max_fallback_share of the queries fell back is a failed 
 notebook and the run's manifest fail) and leaves its files in rerank/failed/ for inspection.
 
 Everything is checked before work starts (features, key, server URL, images), and the previous results
-are replaced only by complete new ones: written aside, then swapped in. Written files: answer_fused.txt
-(the `fusion` rule), answer_vlm.txt, reasons.jsonl, metrics.json, and for network backends cache.jsonl
-(every answer, appended as it arrives; see cache.py).
+are replaced only by complete new ones: written aside, then swapped in. Written files: answer_fused.txt (the
+rule the run reports: the `fusion` parameter's, or with fusion: validation the best on the held-out buildings),
+answer_vlm.txt, reasons.jsonl, metrics.json, and for network backends cache.jsonl (every answer, appended as it
+arrives; see cache.py).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import pandas as pd
 
 from ..answers import CHALLENGE_K, names_from_indices, write_answer_txt
 from ..metrics import evaluate_ranking, full_ranking, scalars
-from ..run_folder import RERANK, RETRIEVAL, stage_dir
+from ..run_folder import RERANK, RETRIEVAL, VAL_FEATURES, stage_dir
 from . import fusion, pricing
 from .limits import RetryPolicy
 from .redaction import redact
@@ -127,10 +128,50 @@ def _position_bias(outcomes: list[QueryOutcome], gallery_truth: dict, query_ids:
             "picked_slot_counts": dict(sorted(picks.items())), "correct_slot_counts": dict(sorted(truths.items()))}
 
 
+def _fused(outcomes: list[QueryOutcome], ranking: np.ndarray, k: int) -> dict:
+    """Every fusion rule's full ranking, from the re-ranker's order of each query's top k."""
+    vlm_rank = np.empty((len(ranking), k), dtype=np.int64)
+    for o in outcomes:
+        vlm_rank[o.index, o.order] = np.arange(1, k + 1)
+    return {rule: fusion.apply(ranking, fusion.fuse(vlm_rank, rule)) for rule in fusion.FUSIONS}
+
+
+def validation_features(cfg) -> Optional[dict]:
+    """The held-out buildings' retrieval features when fusion: validation (else None), checked before any work."""
+    if cfg.fusion != fusion.VALIDATION:
+        return None
+    path = stage_dir(cfg.run_name, RETRIEVAL) / VAL_FEATURES
+    if not path.is_file():
+        raise RerankError(f"{path}: no validation features, which fusion: validation chooses its rule on. Run "
+                          "notebook 03 again for this run_name (it writes them when val_fraction > 0), or name a "
+                          f"rule ({', '.join(fusion.FUSIONS)}).")
+    return load_features(path)
+
+
+def choose_fusion(cfg, reranker, val_feats: Optional[dict], job: RerankJob) -> dict:
+    """The fusion rule this run reports: the `fusion` parameter's, or with fusion: validation the rule with the
+    best R@1 (then AP; then registry order) when the same re-ranker re-ranks the held-out validation buildings'
+    retrieval. The test set never takes part in the choice."""
+    if val_feats is None:
+        return {"rule": cfg.fusion, "on": "parameter", "validation": None}
+    ranking = full_ranking(val_feats["query_features"], val_feats["gallery_features"])
+    val_job = RerankJob(cfg, val_feats, ranking, min(cfg.rerank_top_k, ranking.shape[1]), job.out_dir, job.retry,
+                        job.show_progress)
+    reranker.check(val_job)
+    fused = _fused(reranker.rerank(val_job).outcomes, ranking, val_job.k)
+    ids = val_feats["query_ids"], val_feats["gallery_ids"]
+    scores = {"retrieval": scalars(evaluate_ranking(ranking, *ids)),
+              **{rule: scalars(evaluate_ranking(r, *ids)) for rule, r in fused.items()}}
+    best = max(fusion.FUSIONS, key=lambda rule: (scores[rule]["R@1"], scores[rule]["AP"]))  # max keeps the first
+    return {"rule": best, "on": fusion.VALIDATION, "queries": len(ranking),
+            "validation": {name: {m: s[m] for m in ("R@1", "AP")} for name, s in scores.items()}}
+
+
 def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool = True) -> RerankResult:
     """Re-rank the run's retrieval with `cfg.rerank_backend` and write outputs/<run_name>/rerank/."""
     # 1. everything that can be checked before any work: inputs, key, server URL, images
     feats = load_features(features_path(cfg))
+    val_feats = validation_features(cfg)
     reranker = make_reranker(cfg)
     full = full_ranking(feats["query_features"], feats["gallery_features"])
     ng = full.shape[1]
@@ -141,15 +182,13 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     job = RerankJob(cfg, feats, ranking, k, out_dir, retry, show_progress)
     reranker.check(job)
 
-    # 2. the work (a network re-ranker appends its answers to out_dir/cache.jsonl as they arrive)
+    # 2. the work (a network re-ranker appends its answers to out_dir/cache.jsonl as they arrive): the fusion rule
+    # first (on the validation buildings, if asked), then the test queries
     out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = choose_fusion(cfg, reranker, val_feats, job)
     done = reranker.rerank(job)
     outcomes, stats, model = done.outcomes, done.stats, done.model
-
-    vlm_rank = np.empty((n_sel, k), dtype=np.int64)
-    for o in outcomes:
-        vlm_rank[o.index, o.order] = np.arange(1, k + 1)
-    fused = {rule: fusion.apply(ranking, fusion.fuse(vlm_rank, rule)) for rule in fusion.FUSIONS}
+    fused = _fused(outcomes, ranking, k)
 
     q_ids, g_ids = feats["query_ids"][:n_sel], feats["gallery_ids"]
     evaluated = {"retrieval": evaluate_ranking(ranking, q_ids, g_ids)}
@@ -165,7 +204,7 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     files: dict = {}
     g_names = feats["gallery_names"]
     answer_k = min(CHALLENGE_K, ng)  # answer files carry the top 10, as the challenge's
-    for name, rule in (("answer_fused.txt", cfg.fusion), ("answer_vlm.txt", "vlm")):
+    for name, rule in (("answer_fused.txt", chosen["rule"]), ("answer_vlm.txt", "vlm")):
         rows = names_from_indices(np.concatenate([fused[rule], full[n_sel:]])[:, :answer_k], g_names)
         files[name] = functools.partial(write_answer_txt, names_per_query=rows, k=answer_k)
 
@@ -182,7 +221,8 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     gallery_truth = dict(zip(g_names, g_ids))
     metrics = {rule: scalars(m) for rule, m in evaluated.items()}
     metrics.update({
-        "headline": cfg.fusion,
+        "headline": chosen["rule"],
+        "fusion_chosen": chosen,
         "backend": cfg.rerank_backend,
         "model": model,
         "model_versions": dict(stats.model_versions) if stats else {},
