@@ -78,6 +78,11 @@ def main(argv=None) -> int:
         print("\ninterrupted; run the same command again to start over", file=sys.stderr)
         return INTERRUPTED
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from .runner import disk_full
+
+            print(f"error: {disk_full(e.filename or '?', e.strerror)}", file=sys.stderr)
+            return 1
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         print(f"error: {_not_writable(e)}", file=sys.stderr)

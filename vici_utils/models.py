@@ -28,7 +28,7 @@ from .weight_sources import PACKAGE, load_package_weights, package_source
 VIEWS = ("street", "satellite")
 
 # --- backbones ---------------------------------------------------------------------------------------
-def _check_backbone_name(name: str) -> None:
+def check_backbone_name(name: str) -> None:
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
@@ -47,7 +47,7 @@ def _size_kwargs(name: str, image_size: Optional[int]) -> dict:
 def create_backbone(name: str, pretrained: Union[bool, str] = False, image_size: Optional[int] = None) -> nn.Module:
     """A timm backbone without classifier (pooled embedding), with hub, packaged (`pretrained: package`, see
     weight_sources), file or no weights."""
-    _check_backbone_name(name)
+    check_backbone_name(name)
     if pretrained == PACKAGE:
         package_source(name)  # no package source for this backbone: say which have one before building it
     kwargs = dict(num_classes=0, **_size_kwargs(name, image_size))

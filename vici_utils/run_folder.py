@@ -10,6 +10,9 @@ truncated file that passes for a finished one).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -21,6 +24,37 @@ MANIFEST = "run.json"      # the runner's record of a run: parameters, code, dev
 PARAMS = "params.yaml"     # the run's resolved parameters: every notebook of the run reads them
 TRAIN, RETRIEVAL, RERANK = "train", "retrieval", "rerank"
 CHECKPOINTS = ("best.pt", "last.pt")  # a run evaluates the first that exists
+LOCK = ".lock"             # held (flock) by the one process running notebooks in the folder; says who it is
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder; the message names its pid and command."""
+
+
+@contextlib.contextmanager
+def hold(folder: Path, command: str):
+    """Hold `folder` exclusively while the body runs: a second run on the same run_name would otherwise read the
+    first one's params.yaml midway. The lock is the kernel's (flock), so a killed process never leaves it held."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that did not say"
+            raise RunFolderBusy(f"{folder} is in use by another run ({holder}); wait for it to end, or give this run "
+                                "another run_name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, command `{command}`".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in DISK_FULL
 
 
 def stage_dir(run_name: str, stage: str) -> Path:

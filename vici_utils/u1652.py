@@ -180,18 +180,24 @@ def gallery_names_unique(rset: "RetrievalSet", where: Path) -> None:
         seen[item.name] = item.path
 
 
+def check_root(root: str | Path) -> Path:
+    """`root` if it is a folder holding train/ and test/ (cheap: what a run checks before anything runs)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root not found (expected a University-1652 folder with "
+                           "train/ and test/, or data_root: embedded)")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DatasetError(f"{root / split}: missing split folder; a University-1652 root holds "
+                               f"train/ and test/ (found: {sorted(p.name for p in root.iterdir())})")
+    return root
+
+
 class University1652:
     """The dataset at `root`, validated on construction."""
 
     def __init__(self, root: str | Path, include_google: bool = False):
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data root not found (expected a University-1652 folder with "
-                               "train/ and test/, or data_root: embedded)")
-        for split in ("train", "test"):
-            if not (self.root / split).is_dir():
-                raise DatasetError(f"{self.root / split}: missing split folder; a University-1652 root holds "
-                                   f"train/ and test/ (found: {sorted(p.name for p in self.root.iterdir())})")
+        self.root = check_root(root)
         train = self.root / "train"
         google = read_view(train / "google") if include_google and (train / "google").is_dir() else {}
         self.train = TrainSplit(*(read_view(train / v) for v in TRAIN_VIEWS), google=google)
