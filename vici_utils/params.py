@@ -166,6 +166,9 @@ class Params(BaseModel):
         "Gemini 2.5 thinking tokens (VICI: 1024; 0 off, -1 dynamic, None = the server's default); "
         "the OpenAI protocol has no such setting"))
     vlm_max_retries: int = Field(5, ge=0, description="unusable answers asked again, per request and run")
+    vlm_stop_after_unusable: int = Field(10, ge=1, description=(
+        "stop the run after this many answers in a row unusable for the same reason (the prompt, model or server "
+        "is wrong for every query), before spending vlm_max_retries on each query"))
     vlm_max_fallback_share: float = Field(0.5, ge=0.0, le=1.0, description=(
         "a run in which more re-ranked queries than this share kept their retrieval order fails; 1 accepts any"))
     vlm_timeout_s: float = Field(120.0, gt=0, description="seconds one VLM request may take; then it is retried")
@@ -243,7 +246,8 @@ TRAIN_KEYS = (
 RERANK_KEYS = (
     "rerank_backend", "rerank_top_k", "fusion", "vlm_model", "vlm_base_url", "vlm_concurrency", "vlm_rpm",
     "vlm_permutations", "vlm_image_size", "vlm_media_resolution", "vlm_temperature", "vlm_thinking_budget",
-    "vlm_max_retries", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries", "vlm_price_in_per_mtok",
+    "vlm_max_retries", "vlm_stop_after_unusable", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries",
+    "vlm_price_in_per_mtok",
     "vlm_price_out_per_mtok", "kr_k1", "kr_k2", "kr_lambda", "verifier_epochs", "verifier_dim", "verifier_lr",
 )
 
