@@ -21,7 +21,7 @@ from torch import nn
 
 from .checkpoints import WeightsError, load_exact, load_init_checkpoint, load_weights_file, read_checkpoint
 from .params import DATA_KEYS, MODEL_KEYS, config_differences
-from .run_folder import TRAIN, stage_dir, trained_checkpoint
+from .run_folder import TRAIN, remake, stage_dir, trained_checkpoint
 from .transforms import model_transforms
 from .weight_sources import PACKAGE, load_package_weights, package_source
 
@@ -163,7 +163,11 @@ def load_model_for_eval(cfg, run_dir: Union[str, Path, None] = None) -> tuple[Tw
     """
     found = trained_checkpoint(Path(run_dir) / TRAIN if run_dir else stage_dir(cfg.run_name, TRAIN))
     if found:
-        ckpt = read_checkpoint(found)
+        try:
+            ckpt = read_checkpoint(found)
+        except WeightsError as e:  # truncated, corrupt: name the file (the message does) and what remakes it
+            raise WeightsError(f"{e}; remake it by training this run again: "
+                               f"{remake(cfg.run_name, TRAIN, ' --set resume=false')}") from None
         diff = config_differences(ckpt.get("config", {}), cfg, DATA_KEYS + MODEL_KEYS)
         if diff:
             raise WeightsError(f"{found} was trained on other data or with another model ({', '.join(diff)}); "
