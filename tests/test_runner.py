@@ -102,7 +102,9 @@ def test_a_second_run_on_one_run_name_is_refused_naming_the_first(outputs, tmp_p
 
     started, release = tmp_path / "a_started", tmp_path / "a_may_end"
     books = _books(tmp_path, **{"01_slow": [f"open({str(started)!r}, 'w').close()",
-                                            f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.1)"]})
+                                            f"import os, time\nend = time.time() + 60\n"
+                                            f"while not os.path.exists({str(release)!r}) and time.time() < end: "
+                                            "time.sleep(0.1)"]})
     script = ("import sys; from vici_utils.params import validate; from vici_utils.runner import run; "
               f"run(validate({{'run_name': 'shared', 'weight_decay': 0.01}}), log=lambda s: None, "
               f"notebooks_dir=__import__('pathlib').Path({str(books)!r}))")
