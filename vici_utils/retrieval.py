@@ -69,7 +69,7 @@ def weights_source(cfg, folder: Optional[Path] = None) -> str:
     found = trained_checkpoint(train_dir)
     if found:
         state = training_state(train_dir, cfg.run_name, cfg.epochs)
-        unfinished = "" if state["finished"] else (f" (UNFINISHED training: epoch {state['epoch']} of "
+        unfinished = "" if state["finished"] else (f" (UNFINISHED training: epoch {state['epoch'] or '?'} of "
                                                     f"{state['epochs']}; finish it with {state['finish']})")
         return f"trained checkpoint {cfg.run_name}/{TRAIN}/{found.name}{unfinished}"
     if cfg.init_checkpoint:

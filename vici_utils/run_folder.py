@@ -93,7 +93,8 @@ def trained_checkpoint(train_dir: Path) -> Optional[Path]:
 
 def training_state(train_dir: Path, run_name: str, epochs: int) -> Optional[dict]:
     """Whether the training a run evaluates finished: None when there is no trained checkpoint; else finished
-    (result.json is written only then), the last epoch trained (train_log.csv), and the command that finishes it."""
+    (result.json is written only then), the last epoch trained (train_log.csv; None if unknown), and the command
+    that finishes it."""
     import csv
 
     train_dir = Path(train_dir)
@@ -101,10 +102,10 @@ def training_state(train_dir: Path, run_name: str, epochs: int) -> Optional[dict
         return None
     if (train_dir / TRAIN_RESULT).is_file():
         return {"finished": True, "epochs": epochs}
-    done = 0
+    done = None  # unknown without a train log (a checkpoint put there by hand)
     try:
         with open(train_dir / TRAIN_LOG, newline="") as f:
-            done = max((int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch")), default=0)
+            done = max((int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch")), default=None)
     except (OSError, ValueError, KeyError):
         pass
     return {"finished": False, "epoch": done, "epochs": epochs, "finish": remake(run_name, TRAIN)}
