@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoints import WeightsError, load_exact, load_init_checkpoint, load_weights_file, read_checkpoint
 from .params import DATA_KEYS, MODEL_KEYS, config_differences
+from .provenance import initial_weights
 from .run_folder import TRAIN, remake, stage_dir, trained_checkpoint
 from .transforms import model_transforms
 from .weight_sources import PACKAGE, load_package_weights, package_source
@@ -136,9 +137,10 @@ def model_config(cfg) -> dict:
 
 
 def build_model(cfg) -> TwoTower:
-    """The model a run trains: architecture and weights from the parameters, then `init_checkpoint`."""
+    """The model a run trains: architecture and weights from the parameters, then `init_checkpoint`
+    (provenance.initial_weights: the rule the provenance lines describe)."""
     model = TwoTower(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.shared_towers, cfg.embed_dim)
-    if cfg.init_checkpoint:
+    if initial_weights(cfg) == "init_checkpoint":
         load_init_checkpoint(model, cfg.init_checkpoint)
     return model
 

@@ -27,8 +27,8 @@ from .models import load_model_for_eval
 from .paths import run_dir
 from .run_folder import (ANSWER, FEATURES, METRICS, RETRIEVAL, TOPK, TRAIN, trained_checkpoint, training_state,
                          write_features, write_json)
-from .weight_sources import PACKAGE, package_source
-from .provenance import describe_data, describe_model, describe_selection
+from .weight_sources import package_source
+from .provenance import describe_data, describe_model, describe_selection, initial_weights
 from .u1652 import ImageItem, RetrievalSet, open_dataset
 
 TOP_K = answers.CHALLENGE_K
@@ -72,13 +72,14 @@ def weights_source(cfg, folder: Optional[Path] = None) -> str:
         unfinished = "" if state["finished"] else (f" (UNFINISHED training: epoch {state['epoch'] or '?'} of "
                                                     f"{state['epochs']}; finish it with {state['finish']})")
         return f"trained checkpoint {cfg.run_name}/{TRAIN}/{found.name}{unfinished}"
-    if cfg.init_checkpoint:
+    kind = initial_weights(cfg)
+    if kind == "init_checkpoint":
         return f"init_checkpoint {Path(cfg.init_checkpoint).name} (not trained in this run)"
-    if cfg.pretrained is True:
+    if kind == "hub":
         return "hub weights, zero-shot (not trained in this run)"
-    if cfg.pretrained == PACKAGE:
+    if kind == "package":
         return f"{package_source(cfg.backbone).summary}, zero-shot (not trained in this run)"
-    if isinstance(cfg.pretrained, str):
+    if kind == "file":
         return f"weights file {Path(cfg.pretrained).name}, zero-shot (not trained in this run)"
     return "random initialisation (untrained: no checkpoint in this run, no pretrained weights)"
 
