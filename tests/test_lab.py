@@ -30,16 +30,16 @@ def test_lab_serves_the_notebooks_and_lists_their_kernel(tmp_path):
     from vici_utils.kernel import NAME as kernel
 
     makefile = (REPO_ROOT / "Makefile").read_text()
-    assert "-m vici_utils kernel" in makefile and "--allow-root" in makefile, "setup registers the kernel; lab allows root"
-    assert re.search(r"JUPYTER_PATH=[^\n]*share/jupyter \S*jupyter lab", makefile), "make lab finds the kernel of .venv first"
+    assert "-m vici_utils kernel" in makefile and "--allow-root" in makefile, "setup registers it; lab allows root"
+    assert re.search(r"JUPYTER_PATH=[^\n]*share/jupyter \S*jupyter lab", makefile), "lab finds .venv's kernel first"
     books = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
     assert {json.loads(b.read_text())["metadata"]["kernelspec"]["name"] for b in books} == {kernel}
 
     # the Makefile's registration, into a private environment folder that JUPYTER_PATH names (as make lab does)
     env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_PATH": str(tmp_path / "env/share/jupyter")}
-    subprocess.run([sys.executable, "-c", f"from vici_utils.kernel import install; install(prefix={str(tmp_path / 'env')!r})"],
-                   env=env, check=True, capture_output=True)
+    register = f"from vici_utils.kernel import install; install(prefix={str(tmp_path / 'env')!r})"
+    subprocess.run([sys.executable, "-c", register], env=env, check=True, capture_output=True)
     port = _free_port()
     lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
                             "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={NOTEBOOKS_DIR}"],

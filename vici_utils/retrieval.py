@@ -93,8 +93,10 @@ def save_features(path: Path, rset: RetrievalSet, query_features: np.ndarray, ga
     return write_features(path, {
         "query_features": query_features, "gallery_features": gallery_features,
         "query_ids": _str_array(rset.query_ids), "gallery_ids": _str_array(rset.gallery_ids),
-        "query_names": _str_array(q.name for q in rset.queries), "gallery_names": _str_array(g.name for g in rset.gallery),
-        "query_paths": _str_array(q.path for q in rset.queries), "gallery_paths": _str_array(g.path for g in rset.gallery)})
+        "query_names": _str_array(q.name for q in rset.queries),
+        "gallery_names": _str_array(g.name for g in rset.gallery),
+        "query_paths": _str_array(q.path for q in rset.queries),
+        "gallery_paths": _str_array(g.path for g in rset.gallery)})
 
 
 def read_ground_truth(path: Path, rset: RetrievalSet) -> tuple[list[str], list[str]]:

@@ -29,7 +29,8 @@ TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT = "config.yaml", "train_log.csv", "result.
 # retrieval/ (challenge/ holds its own answer.txt, answer.zip and features.npz)
 FEATURES, METRICS, ANSWER, TOPK, CHALLENGE = "features.npz", "metrics.json", "answer.txt", "topk.csv", "challenge"
 # rerank/ (metrics.json too)
-ANSWER_FUSED, ANSWER_RERANKED, REASONS, ANSWER_CACHE = "answer_fused.txt", "answer_vlm.txt", "reasons.jsonl", "cache.jsonl"
+ANSWER_FUSED, ANSWER_RERANKED = "answer_fused.txt", "answer_vlm.txt"
+REASONS, ANSWER_CACHE = "reasons.jsonl", "cache.jsonl"
 VERIFIER, VERIFIER_LOG = "verifier.pt", "verifier_log.csv"
 RESULTS = "results.csv"    # a sweep's rows, in outputs/<sweep>/
 CHECKPOINTS = (BEST, LAST)  # a run evaluates the first that exists

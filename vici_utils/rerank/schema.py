@@ -72,7 +72,7 @@ def parse_answer(text: str | None, k: int, finish_reason: str | None = None) -> 
     text = (text or "").strip()
     size = len(text.encode("utf-8", "replace"))
     if size > MAX_ANSWER_BYTES:
-        raise AnswerFault("oversized", f"answer of {size:,} bytes, more than the {MAX_ANSWER_BYTES:,} an answer may hold")
+        raise AnswerFault("oversized", f"answer of {size:,} bytes, more than the {MAX_ANSWER_BYTES:,} allowed")
     if finish_reason not in NORMAL_FINISH and finish_reason not in TRUNCATED_FINISH:
         raise AnswerFault("finish", f"model stopped with finish reason {finish_reason}"
                           + ("" if text else " and no text"))
