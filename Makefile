@@ -10,11 +10,11 @@ SWEEPS := $(filter-out params/tables/paper_%,$(wildcard params/tables/*.yaml))
 
 setup: $(READY)
 
-# Re-installs when the dependencies change; registers the Jupyter kernel for JupyterLab users.
+# Re-installs when the dependencies change; registers this clone's Jupyter kernel inside .venv (vici_utils/kernel.py).
 $(READY): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	$(PY) -m ipykernel install --user --name vici-workbook --display-name "VICI workbook (.venv)" >/dev/null
+	$(PY) -m vici_utils kernel >/dev/null
 	touch $(READY)
 
 workbook: setup
@@ -23,9 +23,10 @@ workbook: setup
 test: setup
 	$(PY) -m pytest -q
 
-# Root (as in a container) needs --allow-root; the notebooks ask for the kernel that setup registers.
+# Root (as in a container) needs --allow-root; the notebooks ask for the kernel that setup registers in .venv,
+# found first through JUPYTER_PATH (before any per-user kernel of that name).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Runs shared between sweeps run once; a failed variant is recorded, the rest go on, results are still written.
 tables: setup

@@ -187,6 +187,8 @@ class FakeVLMServer:
             answer["ranking"] = [ranking[0]] * 2 + ranking[2:]
         elif fault == "missing":
             answer["ranking"] = ranking[:-1]
+        elif fault == "huge_reason":  # a valid ranking with a 10 MB reason
+            answer["reason"] = "because " * 1_250_000
         elif fault == "echo_key":
             answer["reason"] = f"you sent me the key {key}"
         text = json.dumps(answer)

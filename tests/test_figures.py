@@ -275,3 +275,17 @@ def test_stamp_sits_just_under_the_lowest_label(height):
     gap = lowest - label.y1 / fig.dpi
     assert 0 <= gap < 0.25, f"{gap:.2f} in between the stamp and the figure above it"
     assert label.y0 >= 0
+
+
+def test_a_non_ascii_data_root_draws_without_font_warnings(recwarn):
+    """Issue 22.13: a data_root such as /data/大学-1652 printed about 140 'Glyph ... missing' warnings a run."""
+    from vici_utils.params import validate
+
+    cfg = validate({"data_root": "/data/大学-1652 é", "run_name": "x"})
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    stamp(fig, cfg, model="")
+    fig.canvas.draw()
+    plt.close(fig)
+    assert not [w for w in recwarn if "missing from" in str(w.message)]
+    assert "data: University-1652 at ??-1652 é" in fig.texts[-1].get_text()

@@ -88,3 +88,39 @@ def test_parameters_doc_is_the_generated_one():
     assert PARAMETERS_DOC.read_text() == parameters_markdown(), (
         f"{PARAMETERS_DOC} is stale: it is generated from the descriptions in vici_utils/params.py. Regenerate it "
         "with `.venv/bin/python -m vici_utils params-doc`")
+
+
+def test_an_empty_vlm_base_url_is_an_error_not_the_public_endpoint():
+    """Issue 22.9: `--set vlm_base_url=` (e.g. from an unset variable) must not silently mean Google's cloud."""
+    for empty in ("", "  "):
+        with pytest.raises(ParamsError, match=r"vlm_base_url .*empty.*leave the key out"):
+            load(None, {"vlm_base_url": empty})
+    assert load(None, {}).vlm_base_url is None  # absent: the public endpoint is the default
+
+
+def test_url_references_are_never_expanded_into_parameters_nor_printed(monkeypatch):
+    """Issue 22.11: every ${VAR} of the URL stays a reference (whatever the variable's name), so neither a refusal
+    nor params.yaml / run.json shows its value; where the URL is used, each expanded part is redacted."""
+    from vici_utils.rerank.redaction import expand_secret_refs, redact
+
+    monkeypatch.setenv("VLM_URL", "https://me:hunter2-in-clear@host/v1")
+    monkeypatch.setenv("ROUTE", "tenant-8f3e2c91")
+    cfg = load(None, {"vlm_base_url": "${VLM_URL}"})
+    assert cfg.vlm_base_url == "${VLM_URL}" and "hunter2" not in to_yaml(cfg)
+    cfg = load(None, {"vlm_base_url": "https://host/$ROUTE/v1"})
+    assert cfg.vlm_base_url == "https://host/${ROUTE}/v1" and "tenant" not in to_yaml(cfg)
+    assert expand_secret_refs(cfg.vlm_base_url) == "https://host/tenant-8f3e2c91/v1"
+    assert "tenant-8f3e2c91" not in redact("GET https://host/tenant-8f3e2c91/v1 failed")
+    # a refused expansion elsewhere names the reference, never the value
+    monkeypatch.setenv("EPOCHS", "forty-secret-epochs")
+    with pytest.raises(ParamsError) as e:
+        load(None, {"epochs": "${EPOCHS}"})
+    assert "${EPOCHS}" in str(e.value) and "forty-secret" not in str(e.value)
+
+
+def test_a_literal_dollar_in_data_root_is_written_twice(tmp_path, monkeypatch):
+    """Issue 22.13: `$$` is a literal `$` (a folder named price$list), not a variable reference."""
+    monkeypatch.chdir(tmp_path)
+    assert load(None, {"data_root": "/data/price$$list"}).data_root == "/data/price$list"
+    monkeypatch.setenv("HOME_DATA", "/d")
+    assert load(None, {"data_root": "${HOME_DATA}/a$$b"}).data_root == "/d/a$b"

@@ -330,3 +330,43 @@ def test_a_corrupt_resume_checkpoint_is_named_with_the_fix(tiny_world_outputs, m
     last.write_bytes(b"PK\x03\x04 not a whole checkpoint")
     with pytest.raises(WeightsError, match=r"last.pt.*Delete .*last.pt to start this run again, or set resume: false"):
         train(cfg, progress=False)
+
+
+# --- issue 22.10: every run file read back names itself and the command that remakes it --------------------------
+
+def test_corrupt_run_files_name_themselves_and_the_command_that_remakes_them(tmp_path):
+    import numpy as np
+
+    from vici_utils.run_folder import RunFileError, read_features, read_json
+
+    feats = tmp_path / "features.npz"
+    remade = r"remake it with python -m vici_utils run <its params file> --set run_name=r --only 03"
+    for content in (b"PK\x03\x04 not a zip at all", b""):
+        feats.write_bytes(content)
+        with pytest.raises(RunFileError, match=rf"{feats}: not a features file of ours .*; {remade}"):
+            read_features(feats, "r")
+    arrays = {k: np.array([object(), 1], dtype=object) for k in ("query_features", "query_ids", "query_names",
+                                                                  "query_paths", "gallery_features", "gallery_ids",
+                                                                  "gallery_names", "gallery_paths")}
+    np.savez(feats, **arrays)  # pickled object arrays: never loaded
+    with pytest.raises(RunFileError, match=rf"{feats}: not a features file of ours \(ValueError: Object arr.*{remade}"):
+        read_features(feats, "r")
+    np.savez(feats, query_features=np.zeros((2, 3)))
+    with pytest.raises(RunFileError, match=rf"missing arrays \['query_ids'.*{remade}"):
+        read_features(feats, "r")
+    result = tmp_path / "result.json"
+    result.write_text('{"best_epoch": 3, "be')
+    with pytest.raises(RunFileError, match=rf"{result}: not readable JSON .* --set run_name=r --only 02"):
+        read_json(result, "r", "train")
+
+
+def test_a_truncated_best_checkpoint_names_the_command_that_remakes_it(tmp_path):
+    base = {"backbone": "resnet10t", "pretrained": False, "image_size": 32, "run_name": "trunc"}
+    (tmp_path / "train").mkdir()
+    model = TwoTower("resnet10t", image_size=32)
+    torch.save({"model": model.state_dict()}, tmp_path / "train/best.pt")
+    data = (tmp_path / "train/best.pt").read_bytes()
+    (tmp_path / "train/best.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"best\.pt .*remake it by training this run again: python -m vici_utils "
+                                           r"run <its params file> --set run_name=trunc --set resume=false --only 02"):
+        load_model_for_eval(validate(base), run_dir=tmp_path)

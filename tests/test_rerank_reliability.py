@@ -52,7 +52,7 @@ def snapshot(outputs):
 def test_a_run_of_unusable_answers_fails_and_a_fixed_rerun_asks_again(tiny, server, backend):
     server.always = "empty"  # 200, finish STOP, no text: every answer unusable
     with pytest.raises(RerankError, match=r"4 of 4 re-ranked queries .*empty: 4.*vlm_max_fallback_share") as e:
-        rerank(config(backend, server.url))
+        rerank(config(backend, server.url, vlm_stop_after_unusable=100))  # the share rule, not the early stop
     assert "failed" in str(e.value)
     out = rerank_dir(tiny)
     assert not (out / "metrics.json").exists() and not (out / "answer_fused.txt").exists()
@@ -71,7 +71,7 @@ def test_stored_answers_belong_to_their_server_and_model(tiny, server):
     with FakeVLMServer() as wrong:
         wrong.always = "invalid_json"  # the first vlm_base_url pointed at a broken server
         with pytest.raises(RerankError, match="kept their retrieval order"):
-            rerank(config("gemini", wrong.url))
+            rerank(config("gemini", wrong.url, vlm_stop_after_unusable=100))
     m = rerank(config("gemini", server.url)).metrics  # the user fixes vlm_base_url: every query is asked
     assert len(server.seen) == 4 and m["counts"]["sent"] == 4 and m["counts"]["ok"] == 4
     m = rerank(config("gemini", server.url)).metrics  # the same server again: all from the store
@@ -85,7 +85,7 @@ def test_stored_answers_belong_to_their_server_and_model(tiny, server):
 def test_fallbacks_within_the_accepted_share_only_warn(tiny, server, caplog):
     server.always = "duplicates"
     with caplog.at_level(logging.WARNING, logger="vici_utils.rerank"):
-        m = rerank(config("gemini", server.url, vlm_max_fallback_share=1.0)).metrics
+        m = rerank(config("gemini", server.url, vlm_max_fallback_share=1.0, vlm_stop_after_unusable=100)).metrics
     assert m["counts"]["fallback"] == 4 and m["fallback_reasons"] == {"bad_ranking": 4}
     assert any("4 of 4 re-ranked queries" in r.message and r.levelno == logging.WARNING for r in caplog.records)
     assert (rerank_dir(tiny) / "answer_fused.txt").is_file()
@@ -240,3 +240,65 @@ def test_original_images_with_an_unusual_format_are_sent_as_jpeg(tiny, server):
     assert converted.mime == "image/jpeg" and Image.open(__import__("io").BytesIO(converted.data)).size == (40, 30)
     small = image_bytes(str(png), 20)
     assert small.mime == "image/jpeg" and Image.open(__import__("io").BytesIO(small.data)).size == (20, 15)
+
+
+# --- issue 22: oversized answers, early stop on a streak of unusable answers, paid answers stored on failure -------
+
+@pytest.mark.parametrize("backend", ["gemini", "openai"])
+def test_an_oversized_answer_is_unusable_named_and_never_stored_whole(tiny, server, backend):
+    """Issue 22.1: a valid ranking with a 10 MB reason was stored as usable (cache.jsonl 42 MB for 4 queries) and
+    then hung notebook 04's figures and every rerun."""
+    server.script = ["huge_reason"]
+    m = rerank(config(backend, server.url)).metrics
+    assert m["counts"]["ok"] == 4 and m["counts"]["invalid_answers"] == 1 and len(server.seen) == 5
+    out = rerank_dir(tiny)
+    stored = [json.loads(x) for x in (out / "cache.jsonl").read_text().splitlines()]
+    bad = [x for x in stored if not x["ok"]]
+    assert len(bad) == 1 and bad[0]["fault"].startswith("oversized: answer of 10,00") and "64,000" in bad[0]["fault"]
+    assert (out / "cache.jsonl").stat().st_size < 50_000 and (out / "reasons.jsonl").stat().st_size < 50_000
+    sent = len(server.seen)
+    assert rerank(config(backend, server.url)).metrics["counts"]["cached"] == 4 and len(server.seen) == sent
+
+
+def test_oversized_fields_are_named():
+    from vici_utils.rerank.schema import AnswerFault, parse_answer
+
+    good = {"ranking": [2, 1], "summary_ground_image": "g", "summary_satellite_images": ["a", "b"], "reason": "r"}
+    for change, name in (({"reason": "x" * 5000}, "reason is 5,000 characters"),
+                         ({"summary_satellite_images": ["a", "x" * 4001]}, r"summary_satellite_images\[1\] is 4,001"),
+                         ({"summary_satellite_images": ["a"] * 3}, "3 satellite descriptions for 2 images")):
+        with pytest.raises(AnswerFault, match=f"oversized: {name}"):
+            parse_answer(json.dumps({**good, **change}), 2)
+    assert parse_answer(json.dumps(good), 2).reason == "r"
+
+
+@pytest.mark.parametrize("fault, cause", [("invalid_json", "ignores structured output"),
+                                          ("duplicates", "does not rank 1..K each once")])
+def test_a_streak_of_unusable_answers_stops_early_naming_the_likely_cause(tiny, server, fault, cause):
+    """Issue 22.7: prose around the JSON cost vlm_max_retries + 1 paid requests per query before the run failed."""
+    server.always = fault
+    with pytest.raises(RerankError, match=rf"3 answers in a row were unusable for the same reason .*most likely.*"
+                                          rf"{cause}.*vlm_stop_after_unusable") as e:
+        rerank(config("gemini", server.url, vlm_max_retries=5, vlm_stop_after_unusable=3))
+    assert len(server.seen) == 3 and "\n" not in str(e.value)
+
+
+def test_answers_in_flight_are_stored_when_a_worker_fails(tiny, server, monkeypatch):
+    """Issue 22.6: when one worker failed (a full disk), the others' requests in flight were cancelled: paid for,
+    never stored. Now nothing more is sent, the answers in flight arrive and are stored, then the error surfaces."""
+    import errno
+
+    server.delay_s = 0.3
+    put, calls = AnswerCache.put, []
+
+    def put_once_failing(self, record):
+        calls.append(record["key"])
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        put(self, record)
+
+    monkeypatch.setattr(AnswerCache, "put", put_once_failing)
+    with pytest.raises(OSError, match="No space left"):
+        rerank(config("gemini", server.url, vlm_concurrency=4))
+    stored = (rerank_dir(tiny) / "cache.jsonl").read_text().splitlines()
+    assert len(server.seen) == 4 and len(stored) == 3  # all paid answers but the one whose write failed

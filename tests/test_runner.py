@@ -82,3 +82,117 @@ def test_progress_lines_are_coalesced(outputs, tmp_path, capfd):
 def test_only_rejects_unknown_numbers():
     with pytest.raises(ParamsError, match="--only 09"):
         discover_notebooks(["9"])
+
+
+# --- issue 22: concurrent runs, disk full, failed reruns, --only, checks before anything runs ---------------------
+
+def _books(tmp_path, **cells):
+    books = tmp_path / "books"
+    books.mkdir(exist_ok=True)
+    for name, sources in cells.items():
+        _notebook(books / f"{name}.ipynb", ["run_name = 'x'", *sources])
+    return books
+
+
+def test_a_second_run_on_one_run_name_is_refused_naming_the_first(outputs, tmp_path):
+    """Issue 22.2: run B started while run A held the folder trained with B's parameters; now B is refused."""
+    import subprocess
+    import sys
+    import time
+
+    started, release = tmp_path / "a_started", tmp_path / "a_may_end"
+    books = _books(tmp_path, **{"01_slow": [f"open({str(started)!r}, 'w').close()",
+                                            f"import os, time\nend = time.time() + 60\n"
+                                            f"while not os.path.exists({str(release)!r}) and time.time() < end: "
+                                            "time.sleep(0.1)"]})
+    script = ("import sys; from vici_utils.params import validate; from vici_utils.runner import run; "
+              f"run(validate({{'run_name': 'shared', 'weight_decay': 0.01}}), log=lambda s: None, "
+              f"notebooks_dir=__import__('pathlib').Path({str(books)!r}))")
+    a = subprocess.Popen([sys.executable, "-c", script, "--marker-A"], env={**os.environ, "VICI_OUTPUTS": str(outputs)})
+    try:
+        deadline = time.time() + 120
+        while not started.exists() and a.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), "run A never started its notebook"
+        with pytest.raises(RunFailed, match=rf"shared is in use by another run \(pid {a.pid}, command `.*-A`\); "
+                                            r"wait for it to end, or give this run another run_name") as e:
+            run(validate({"run_name": "shared", "weight_decay": 0.2}), log=lambda s: None, notebooks_dir=books)
+        assert "\n" not in str(e.value)
+        assert read_yaml(outputs / "shared/params.yaml")["weight_decay"] == 0.01  # A's parameters stay A's
+    finally:
+        release.touch()
+        assert a.wait(timeout=120) == 0
+    run(validate({"run_name": "shared", "weight_decay": 0.2}), log=lambda s: None, notebooks_dir=books)  # free again
+
+
+def test_a_failed_rerun_keeps_the_last_good_notebook_and_only_keeps_every_status(outputs, tmp_path):
+    """Issue 22.13: a failed rerun overwrote the last good executed notebook; --only dropped the other notebooks
+    from run.json."""
+    flag = tmp_path / "break"
+    books = _books(tmp_path, **{"01_first": ["print('first')"],
+                                "02_second": [f"import os\nif os.path.exists({str(flag)!r}): raise ValueError('broken')",
+                                              "print('good output')"]})
+    cfg = validate({"run_name": "rerun"})
+    run(cfg, log=lambda s: None, notebooks_dir=books)
+    good = (outputs / "rerun/02_second.ipynb").read_bytes()
+    flag.touch()
+    with pytest.raises(RunFailed, match=r"rerun/02_second\.failed\.ipynb; the last good one stays at .*02_second"):
+        run(cfg, only=["2"], log=lambda s: None, notebooks_dir=books)
+    assert (outputs / "rerun/02_second.ipynb").read_bytes() == good
+    manifest = json.loads((outputs / "rerun/run.json").read_text())
+    assert [(n["name"], n["status"]) for n in manifest["notebooks"]] == [("01_first.ipynb", "ok"),
+                                                                          ("02_second.ipynb", "failed")]
+    flag.unlink()
+    run(cfg, only=["2"], log=lambda s: None, notebooks_dir=books)
+    assert not (outputs / "rerun/02_second.failed.ipynb").exists()
+    assert [n["status"] for n in json.loads((outputs / "rerun/run.json").read_text())["notebooks"]] == ["ok", "ok"]
+    assert not list((outputs / "rerun").glob(".*.running.ipynb"))
+
+
+def test_data_root_and_backbone_are_checked_before_anything_runs(outputs, tmp_path):
+    """Issue 22.13: both were found out only inside the notebooks, 11-12 s in."""
+    marker = tmp_path / "ran"
+    books = _books(tmp_path, **{"01_any": [f"open({str(marker)!r}, 'w').close()"]})
+    with pytest.raises(ParamsError, match=r"data_root: .*nowhere: data root not found"):
+        run(validate({"run_name": "pre", "data_root": str(tmp_path / "nowhere")}), notebooks_dir=books)
+    with pytest.raises(ParamsError, match=r"backbone: backbone 'resnet_50x' is not a timm model"):
+        run(validate({"run_name": "pre", "backbone": "resnet_50x"}), notebooks_dir=books)
+    assert not marker.exists() and not (outputs / "pre").exists()
+
+
+def _disk_full_checks(outputs, folder, error):
+    manifest = json.loads((folder / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["notebooks"][0]["status"] == "failed"
+    assert str(folder) in error and "disk full" in error and "\n" not in error
+    for nb in folder.glob("*.ipynb"):
+        nbformat.read(nb, as_version=4)  # every executed notebook there is whole
+
+
+def test_a_full_disk_is_one_sentence_recorded_in_the_manifest(outputs, tmp_path):
+    """Issue 22.6, simulated: a notebook's write fails with ENOSPC."""
+    books = _books(tmp_path, **{"01_full": ["import errno, os\nraise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "
+                                            "'features.npz')"]})
+    with pytest.raises(RunFailed) as e:
+        run(validate({"run_name": "full"}), log=lambda s: None, notebooks_dir=books)
+    _disk_full_checks(outputs, outputs / "full", str(e.value))
+
+
+def test_a_really_full_disk(tmp_path, monkeypatch):
+    """Issue 22.6 on a real full file system (a 2 MB tmpfs; needs root): the notebook fills it."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root): the simulated test above stands for it")
+    try:
+        monkeypatch.setenv("VICI_OUTPUTS", str(mount))
+        books = _books(tmp_path, **{"01_fill": [
+                                                "from vici_utils.paths import run_dir\n"
+                                                "with open(run_dir('x') / 'big.bin', 'wb') as f:\n"
+                                                "    for _ in range(100): f.write(b'0' * 100_000)"]})
+        with pytest.raises(RunFailed) as e:
+            run(validate({"run_name": "x"}), log=lambda s: None, notebooks_dir=books)
+        _disk_full_checks(mount, mount / "x", str(e.value))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -152,3 +152,47 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg):
 def test_select_on_test_is_recorded(tiny_cfg):
     r = train(tiny_cfg.model_copy(update={"run_name": "sel", "select_on": "test", "epochs": 1}), progress=False)
     assert r.eval_set == "test" and (r.log["eval_set"] == "test").all() and not math.isnan(r.log["R@1"].iloc[0])
+
+
+def test_a_stop_between_the_two_saves_keeps_the_resume_point(tiny_cfg, monkeypatch):
+    """Issue 22.13: best.pt was saved before last.pt, so a Ctrl-C between them lost the resume point. last.pt is
+    saved first now, and resuming redoes the best.pt save the stop cut."""
+    import vici_utils.train as train_module
+    from vici_utils.paths import run_dir
+
+    cfg = tiny_cfg.model_copy(update={"run_name": "cut_save"})
+    save = train_module._save_atomic
+
+    def stop_at_best(obj, path):
+        if path.name == "best.pt":
+            raise KeyboardInterrupt
+        save(obj, path)
+
+    monkeypatch.setattr(train_module, "_save_atomic", stop_at_best)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    d = run_dir("cut_save") / "train"
+    assert torch.load(d / "last.pt")["epoch"] == 2 and not (d / "best.pt").exists()
+    monkeypatch.setattr(train_module, "_save_atomic", save)
+    r = train(cfg, progress=False)
+    assert r.epochs_now == 1 and torch.load(d / "best.pt")["epoch"] == r.best_epoch
+
+
+def test_evaluating_an_unfinished_training_says_so(tiny_cfg):
+    """Issue 22.5: `--only 03` after training stopped at epoch 1 of 3 reported that checkpoint as the model."""
+    import json
+
+    from vici_utils.paths import run_dir
+    from vici_utils.retrieval import UnfinishedTraining, run_retrieval
+
+    cfg = tiny_cfg.model_copy(update={"run_name": "half"})
+    train(cfg, progress=False, stop_after_epoch=1)
+    with pytest.warns(UnfinishedTraining, match="UNFINISHED training: epoch 1 of 3"):
+        result = run_retrieval(cfg, progress=False, challenge=False)
+    finish = "python -m vici_utils run <its params file> --set run_name=half --only 02"
+    assert f"UNFINISHED training: epoch 1 of 3; finish it with {finish}" in result.model_description
+    metrics = json.loads((run_dir("half") / "retrieval/metrics.json").read_text())
+    assert metrics["training"] == {"finished": False, "epoch": 1, "epochs": 3, "finish": finish}
+    assert "UNFINISHED" in metrics["weights"]
+    train(cfg, progress=False)
+    assert "UNFINISHED" not in run_retrieval(cfg, progress=False, challenge=False).model_description

@@ -1,4 +1,5 @@
 """The University-1652 reader on hand-built trees with the real data's quirks."""
+import io
 from pathlib import Path
 
 import pytest
@@ -117,4 +118,119 @@ def test_challenge_layout_keeps_listed_order(tmp_path):
     assert [g.name for g in ch.gallery] == ["bbbbbbbbbbbbbbbb"]
     (root / "test/query_street_name.txt").write_text("missing000000000.jpeg\n")
     with pytest.raises(DatasetError, match="not in .*workshop_query_street"):
+        University1652(root)
+
+
+# --- issue 22.3, 22.8, 22.12: every image mode, EXIF orientation, decompression bombs, gallery names ---------------
+
+def _modes(tmp_path):
+    """One file per mode Pillow opens, with the 8-bit RGB it must become (or None: refused by name)."""
+    import numpy as np
+
+    out = {}
+
+    def save(name, image, expected, **kw):
+        path = tmp_path / name
+        image.save(path, **kw)
+        out[name] = (path, expected)
+
+    save("grey16.png", Image.fromarray(np.full((6, 5), 40000, np.uint16)), (156, 156, 156))  # 40000 / 257
+    save("int32.tif", Image.fromarray(np.full((6, 5), 65535, np.int32)), (255, 255, 255))
+    save("float.tif", Image.fromarray(np.full((6, 5), 0.5, np.float32)), None)
+    save("la.png", Image.new("LA", (6, 5), (80, 0)), (255, 255, 255))            # transparent: white
+    save("rgba.png", Image.new("RGBA", (6, 5), (10, 200, 30, 255)), (10, 200, 30))  # opaque: its colour
+    pal = Image.new("P", (6, 5), 1)
+    pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    save("p_transparent.png", pal, (255, 255, 255), transparency=1)
+    save("p.png", pal, (200, 10, 10))
+    save("cmyk.jpg", Image.new("CMYK", (6, 5), (0, 255, 255, 0)), (255, 0, 0))
+    save("bilevel.png", Image.new("1", (6, 5), 1), (255, 255, 255))
+    save("grey.png", Image.new("L", (6, 5), 77), (77, 77, 77))
+    return out
+
+
+def test_every_pixel_mode_becomes_the_right_8bit_rgb_or_is_refused_by_name(tmp_path):
+    """A 16-bit PNG became all white (mean 255) in training, retrieval and the VLM's images."""
+    import numpy as np
+
+    from vici_utils.datasets import decode_image
+    from vici_utils.rerank.prompt import image_bytes
+
+    for name, (path, expected) in _modes(tmp_path).items():
+        if expected is None:
+            with pytest.raises(DatasetError, match=rf"{name}: pixel mode F .*convert the file to 8-bit RGB"):
+                load_image(path)
+            continue
+        for image in (load_image(path), decode_image(path), Image.open(io.BytesIO(image_bytes(str(path), None).data)),
+                      Image.open(io.BytesIO(image_bytes(str(path), 32).data))):
+            assert image.mode in ("RGB", "L"), name  # L: a grey file sent as it is
+            got = np.asarray(image.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+            assert np.allclose(got, expected, atol=3), (name, got, expected)
+
+
+def test_exif_orientation_is_one_rule_for_the_model_and_the_vlm(tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (turn 90 degrees clockwise): the model and the VLM both see it
+    upright; the VLM is never sent the original (sideways) bytes."""
+    import numpy as np
+
+    from vici_utils.rerank.prompt import image_bytes
+
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))  # red on the stored left half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, exif=exif, quality=95)
+    model = load_image(path)
+    assert model.size == (20, 40)  # upright: taller than wide, red on top
+    assert np.asarray(model)[:10, :, 0].mean() > 200 and np.asarray(model)[-10:, :, 2].mean() > 200
+    for size in (None, 384):
+        sent = image_bytes(str(path), size)
+        assert sent.data != path.read_bytes()
+        assert Image.open(io.BytesIO(sent.data)).size == (20, 40)
+    plain = tmp_path / "plain.jpg"
+    stored.save(plain, quality=95)
+    assert image_bytes(str(plain), None).data == plain.read_bytes()  # upright files still go as they are
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (the pixels are never decoded: the header is the bomb)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_names_the_file_and_the_limit(tmp_path):
+    from vici_utils.u1652 import sample_image_sizes
+
+    bomb = _png_header(tmp_path / "huge.png", 20000, 20000)
+    for read in (lambda: load_image(bomb), lambda: sample_image_sizes([bomb])):
+        with pytest.raises(DatasetError, match=r"huge\.png: too large to open safely .*400000000 pixels.* limit is "
+                                               r"Pillow's Image.MAX_IMAGE_PIXELS x 2 = 179 megapixels"):
+            read()
+
+
+def test_figures_get_thumbnails(tmp_path):
+    """Figures draw `load_image(path, max_side=...)`: a big photo costs a figure a thumbnail, not its full size."""
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (3000, 1200), (1, 2, 3)).save(big)
+    png = tmp_path / "big.png"
+    Image.new("RGB", (3000, 1200), (1, 2, 3)).save(png)
+    assert load_image(big, max_side=256).size == (256, 102)
+    assert load_image(png, max_side=256).size == (256, 102)
+    assert load_image(big).size == (3000, 1200)
+
+
+def test_gallery_images_with_one_stem_in_two_buildings_are_refused_at_set_up(tmp_path):
+    """Answer files name gallery images by stem: the clash used to surface after training, naming answer.txt."""
+    root = make_tree(tmp_path / "u")
+    _img(root / "test/gallery_satellite/0102/0101.jpg")  # the stem of building 0101's tile, in 0102's folder
+    with pytest.raises(DatasetError, match=r"two gallery images share the name '0101'.*0101/0101\.jpg and "
+                                           r".*0102/0101\.jpg; rename one"):
         University1652(root)

@@ -1,4 +1,4 @@
-"""Command line: `python -m vici_utils run|world|sweep|results|params-doc ...`."""
+"""Command line: `python -m vici_utils run|world|sweep|results|kernel|params-doc ...`."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,13 @@ def _results(argv) -> int:
     return results_main(argv)
 
 
+def _kernel(args) -> int:
+    from .kernel import install
+
+    install()
+    return 0
+
+
 def _params_doc(args) -> int:
     from .params import PARAMETERS_DOC, parameters_markdown
 
@@ -78,6 +85,11 @@ def main(argv=None) -> int:
         print("\ninterrupted; run the same command again to start over", file=sys.stderr)
         return INTERRUPTED
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from .runner import disk_full
+
+            print(f"error: {disk_full(e.filename or '?', e.strerror)}", file=sys.stderr)
+            return 1
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         print(f"error: {_not_writable(e)}", file=sys.stderr)
@@ -103,6 +115,8 @@ def _main(argv) -> int:
         p.set_defaults(fn=fn)
     sub.add_parser("sweep", help="run every variant of sweep files and collect results.csv (sweep --help)")
     sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
+    sub.add_parser("kernel", help="register this clone's Jupyter kernel inside its environment (make setup does)"
+                   ).set_defaults(fn=_kernel)
     sub.add_parser("params-doc", help="write docs/parameters.md from the descriptions in vici_utils/params.py"
                    ).set_defaults(fn=_params_doc)
     args = parser.parse_args(argv)

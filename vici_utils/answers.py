@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .run_folder import write_atomic
+from .run_folder import ANSWER, write_atomic
 
 CHALLENGE_K = 10
 CHALLENGE_NAME_LENGTH = 16
@@ -52,8 +52,7 @@ def write_answer_txt(path, names_per_query: Sequence[Sequence[str]], k: Optional
     path = Path(path)
     validate_answer(names_per_query, k, name_length, where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join("\t".join(names) + "\n" for names in names_per_query))
-    return path
+    return write_atomic(path, "".join("\t".join(names) + "\n" for names in names_per_query))
 
 
 def read_answer_txt(path, k: Optional[int] = CHALLENGE_K) -> list[list[str]]:
@@ -84,13 +83,16 @@ def write_topk_csv(path, query_names: Sequence[str], gallery_names: Sequence[str
                           f"[n_query={len(query_names)}, k]")
     gallery = names_from_indices(indices, gallery_names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["query", "rank", "gallery", "score"])
-        for q, names, row in zip(query_names, gallery, scores):
-            for rank, (g, s) in enumerate(zip(names, row), start=1):
-                w.writerow([q, rank, g, f"{s:.6f}"])
-    return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["query", "rank", "gallery", "score"])
+            for q, names, row in zip(query_names, gallery, scores):
+                for rank, (g, s) in enumerate(zip(names, row), start=1):
+                    w.writerow([q, rank, g, f"{s:.6f}"])
+
+    return write_atomic(path, write)
 
 
 def write_challenge(out_dir, names_per_query: Sequence[Sequence[str]], k: int = CHALLENGE_K) -> tuple[Path, Path]:
@@ -98,7 +100,7 @@ def write_challenge(out_dir, names_per_query: Sequence[Sequence[str]], k: int = 
     its root. Queries must already be in query_street_name.txt order (u1652 keeps that order). A smaller k is
     only for galleries of fewer than 10 images (tiny embedded worlds)."""
     out_dir = Path(out_dir)
-    txt = write_answer_txt(out_dir / "answer.txt", names_per_query, k, CHALLENGE_NAME_LENGTH)
+    txt = write_answer_txt(out_dir / ANSWER, names_per_query, k, CHALLENGE_NAME_LENGTH)
     zip_path = out_dir / "answer.zip"
 
     def zip_answer(tmp: Path) -> None:

@@ -21,14 +21,15 @@ from torch import nn
 
 from .checkpoints import WeightsError, load_exact, load_init_checkpoint, load_weights_file, read_checkpoint
 from .params import DATA_KEYS, MODEL_KEYS, config_differences
-from .run_folder import TRAIN, stage_dir, trained_checkpoint
+from .provenance import initial_weights
+from .run_folder import TRAIN, remake, stage_dir, trained_checkpoint
 from .transforms import model_transforms
 from .weight_sources import PACKAGE, load_package_weights, package_source
 
 VIEWS = ("street", "satellite")
 
 # --- backbones ---------------------------------------------------------------------------------------
-def _check_backbone_name(name: str) -> None:
+def check_backbone_name(name: str) -> None:
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
@@ -47,7 +48,7 @@ def _size_kwargs(name: str, image_size: Optional[int]) -> dict:
 def create_backbone(name: str, pretrained: Union[bool, str] = False, image_size: Optional[int] = None) -> nn.Module:
     """A timm backbone without classifier (pooled embedding), with hub, packaged (`pretrained: package`, see
     weight_sources), file or no weights."""
-    _check_backbone_name(name)
+    check_backbone_name(name)
     if pretrained == PACKAGE:
         package_source(name)  # no package source for this backbone: say which have one before building it
     kwargs = dict(num_classes=0, **_size_kwargs(name, image_size))
@@ -136,9 +137,10 @@ def model_config(cfg) -> dict:
 
 
 def build_model(cfg) -> TwoTower:
-    """The model a run trains: architecture and weights from the parameters, then `init_checkpoint`."""
+    """The model a run trains: architecture and weights from the parameters, then `init_checkpoint`
+    (provenance.initial_weights: the rule the provenance lines describe)."""
     model = TwoTower(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.shared_towers, cfg.embed_dim)
-    if cfg.init_checkpoint:
+    if initial_weights(cfg) == "init_checkpoint":
         load_init_checkpoint(model, cfg.init_checkpoint)
     return model
 
@@ -163,7 +165,11 @@ def load_model_for_eval(cfg, run_dir: Union[str, Path, None] = None) -> tuple[Tw
     """
     found = trained_checkpoint(Path(run_dir) / TRAIN if run_dir else stage_dir(cfg.run_name, TRAIN))
     if found:
-        ckpt = read_checkpoint(found)
+        try:
+            ckpt = read_checkpoint(found)
+        except WeightsError as e:  # truncated, corrupt: name the file (the message does) and what remakes it
+            raise WeightsError(f"{e}; remake it by training this run again: "
+                               f"{remake(cfg.run_name, TRAIN, ' --set resume=false')}") from None
         diff = config_differences(ckpt.get("config", {}), cfg, DATA_KEYS + MODEL_KEYS)
         if diff:
             raise WeightsError(f"{found} was trained on other data or with another model ({', '.join(diff)}); "

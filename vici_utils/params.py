@@ -23,7 +23,8 @@ from .rerank.rerankers import RERANKERS
 from .paths import REPO_ROOT, resolve_user_path, run_dir
 from .rerank.redaction import SECRET_NAME, clear_credentials
 from .run_folder import PARAMS, TRAIN
-_ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_ENV_REF = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")  # $$ is a literal $
+URL_KEYS = ("vlm_base_url",)  # every ${VAR} in these stays a reference: expanded only where used, never stored
 
 
 RUN_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -167,6 +168,9 @@ class Params(BaseModel):
         "Gemini 2.5 thinking tokens (VICI: 1024; 0 off, -1 dynamic, None = the server's default); "
         "the OpenAI protocol has no such setting"))
     vlm_max_retries: int = Field(5, ge=0, description="unusable answers asked again, per request and run")
+    vlm_stop_after_unusable: int = Field(10, ge=1, description=(
+        "stop the run after this many answers in a row unusable for the same reason (the prompt, model or server "
+        "is wrong for every query), before spending vlm_max_retries on each query"))
     vlm_max_fallback_share: float = Field(0.5, ge=0.0, le=1.0, description=(
         "a run in which more re-ranked queries than this share kept their retrieval order fails; 1 accepts any"))
     vlm_timeout_s: float = Field(120.0, gt=0, description="seconds one VLM request may take; then it is retried")
@@ -201,6 +205,9 @@ class Params(BaseModel):
     @field_validator("vlm_base_url")
     @classmethod
     def _no_clear_credentials(cls, v):
+        if v is not None and not v.strip():  # e.g. an unset variable: never fall back to the public endpoint
+            raise ValueError("vlm_base_url is empty; leave the key out (or null) for Google's public Gemini API, "
+                             "or give a server's URL")
         found = clear_credentials(v) if v else []
         if found:
             raise ValueError(f"vlm_base_url carries credentials in clear ({', '.join(found)}), which would be written "
@@ -248,7 +255,8 @@ TRAIN_KEYS = (
 RERANK_KEYS = (
     "rerank_backend", "rerank_top_k", "fusion", "vlm_model", "vlm_base_url", "vlm_concurrency", "vlm_rpm",
     "vlm_permutations", "vlm_image_size", "vlm_media_resolution", "vlm_temperature", "vlm_thinking_budget",
-    "vlm_max_retries", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries", "vlm_price_in_per_mtok",
+    "vlm_max_retries", "vlm_stop_after_unusable", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries",
+    "vlm_price_in_per_mtok",
     "vlm_price_out_per_mtok", "kr_k1", "kr_k2", "kr_lambda", "verifier_epochs", "verifier_dim", "verifier_lr",
 )
 
@@ -260,17 +268,20 @@ def config_differences(stored: dict, cfg: Params, keys=TRAIN_KEYS) -> list[str]:
 
 
 def _expand_env(value: Any, where: str, key: str) -> Any:
-    """${NAME} -> the variable's value; a secret-looking NAME (a token, a password) stays a reference, expanded
-    only where it is used, so its value never reaches params.yaml, run.json or a notebook."""
+    """${NAME} -> the variable's value, $$ -> $. A secret-looking NAME (a token, a password), and every reference
+    in a URL key, stays a reference, expanded only where it is used, so its value never reaches params.yaml,
+    run.json or a notebook."""
     if not isinstance(value, str):
         return value
 
     def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$$" if key in URL_KEYS else "$"
         name = m.group(1) or m.group(2)
         if name not in os.environ:
             raise ParamsError(f"{where}: '{key}' refers to ${name}, which is not set in the environment "
                               f"(set it, or pass --set {key}=...)")
-        return f"${{{name}}}" if SECRET_NAME.search(name) else os.environ[name]
+        return f"${{{name}}}" if key in URL_KEYS or SECRET_NAME.search(name) else os.environ[name]
 
     return _ENV_REF.sub(sub, value)
 
@@ -290,6 +301,7 @@ def _check_keys(raw: dict, where: str) -> None:
 def validate(raw: dict, where: str = "parameters") -> Params:
     """Build Params from a plain dict, with messages that name the key and the allowed values."""
     _check_keys(raw, where)
+    written = raw
     raw = {k: _expand_env(v, where, k) for k, v in raw.items()}
     try:
         return Params(**raw)
@@ -297,8 +309,12 @@ def validate(raw: dict, where: str = "parameters") -> Params:
         lines = [f"{where}: invalid parameters"]
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
-            # a check across keys (no loc) names its keys itself; its input is every parameter
-            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}" if key else f"  {err['msg']}")
+            # a value with ${VAR} in it is shown as written: the reference, never what it expanded to
+            if not key:  # a check across keys names its keys itself; its input is every parameter
+                lines.append(f"  {err['msg']}")
+                continue
+            shown = written[key] if key in written and written[key] != raw[key] else err.get("input")
+            lines.append(f"  {key} = {shown!r}: {err['msg']}")
         raise ParamsError("\n".join(lines)) from None
 
 

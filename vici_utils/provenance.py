@@ -19,17 +19,26 @@ def describe_data(cfg) -> str:
     return f"University-1652 at {Path(cfg.data_root).name or cfg.data_root}"
 
 
+def backbone_weights(cfg) -> str:
+    """Where the backbone's own weights come from: hub, package, file or scratch (the `pretrained` key)."""
+    if cfg.pretrained is True:
+        return "hub"
+    if cfg.pretrained == PACKAGE:
+        return "package"
+    return "file" if isinstance(cfg.pretrained, str) else "scratch"
+
+
+def initial_weights(cfg) -> str:
+    """Where a run's towers start from before it trains them: init_checkpoint, or the backbone's weights. The one
+    rule models.build_model follows, and describe_weights and retrieval.weights_source say in words."""
+    return "init_checkpoint" if cfg.init_checkpoint else backbone_weights(cfg)
+
+
 def describe_model(cfg) -> str:
-    if cfg.init_checkpoint and cfg.epochs == 0:
-        weights = f"checkpoint {Path(cfg.init_checkpoint).name}"
-    elif cfg.pretrained is True:
-        weights = "hub weights"
-    elif cfg.pretrained == PACKAGE:
-        weights = "ImageNet weights from a pip package"
-    elif isinstance(cfg.pretrained, str):
-        weights = f"weights {Path(cfg.pretrained).name}"
-    else:
-        weights = "from scratch"
+    kind = initial_weights(cfg) if cfg.epochs == 0 else backbone_weights(cfg)
+    weights = {"init_checkpoint": f"checkpoint {Path(cfg.init_checkpoint or '').name}", "hub": "hub weights",
+               "package": "ImageNet weights from a pip package", "file": f"weights {Path(str(cfg.pretrained)).name}",
+               "scratch": "from scratch"}[kind]
     towers = "shared tower" if cfg.shared_towers else "two towers"
     chosen = ", epoch chosen on TEST" if cfg.epochs and cfg.select_on == "test" else ""
     return f"{cfg.backbone} ({weights}, {towers}, {cfg.image_size or 'native'} px, drone P={cfg.drone_rate:g}{chosen})"
@@ -48,12 +57,13 @@ def describe_selection(cfg) -> str:
 
 def describe_weights(cfg) -> str:
     """Where a run's backbone weights come from before training, in a sentence."""
-    if cfg.init_checkpoint:
+    kind = initial_weights(cfg)
+    if kind == "init_checkpoint":
         return f"the checkpoint {Path(cfg.init_checkpoint).name} (init_checkpoint)"
-    if cfg.pretrained is True:
+    if kind == "hub":
         return f"timm hub weights of {cfg.backbone} (pretrained: true)"
-    if cfg.pretrained == PACKAGE:
+    if kind == "package":
         return package_source(cfg.backbone).summary + " (pretrained: package)"
-    if isinstance(cfg.pretrained, str):
+    if kind == "file":
         return f"the weights file {cfg.pretrained} (pretrained: <file>)"
     return "random initialisation: trained from scratch (pretrained: false)"

@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,12 +27,18 @@ from .device import resolve_device
 from .embed import cached_features, state_dict_hash
 from .models import load_model_for_eval
 from .paths import run_dir
-from .run_folder import RETRIEVAL, TRAIN, VAL_FEATURES, trained_checkpoint
-from .weight_sources import PACKAGE, package_source
-from .provenance import describe_data, describe_model, describe_selection
+from .run_folder import (ANSWER, FEATURES, METRICS, RETRIEVAL, TOPK, TRAIN, VAL_FEATURES, trained_checkpoint,
+                         training_state, write_features, write_json)
+from .weight_sources import package_source
+from .provenance import describe_data, describe_model, describe_selection, initial_weights
 from .u1652 import ImageItem, RetrievalSet, open_dataset
 
 TOP_K = answers.CHALLENGE_K
+
+
+class UnfinishedTraining(UserWarning):
+    """The run's training stopped before its last epoch; its checkpoint is evaluated as it is."""
+
 GROUND_TRUTH = "challenge_ground_truth.csv"  # written by the embedded world; the real challenge keeps its own
 
 
@@ -61,16 +67,21 @@ class RetrievalResult:
 def weights_source(cfg, folder: Optional[Path] = None) -> str:
     """Which weights models.load_model_for_eval evaluates (same order: best.pt, last.pt, init_checkpoint,
     backbone weights)."""
-    found = trained_checkpoint(Path(folder or run_dir(cfg.run_name)) / TRAIN)
+    train_dir = Path(folder or run_dir(cfg.run_name)) / TRAIN
+    found = trained_checkpoint(train_dir)
     if found:
-        return f"trained checkpoint {cfg.run_name}/{TRAIN}/{found.name}"
-    if cfg.init_checkpoint:
+        state = training_state(train_dir, cfg.run_name, cfg.epochs)
+        unfinished = "" if state["finished"] else (f" (UNFINISHED training: epoch {state['epoch'] or '?'} of "
+                                                    f"{state['epochs']}; finish it with {state['finish']})")
+        return f"trained checkpoint {cfg.run_name}/{TRAIN}/{found.name}{unfinished}"
+    kind = initial_weights(cfg)
+    if kind == "init_checkpoint":
         return f"init_checkpoint {Path(cfg.init_checkpoint).name} (not trained in this run)"
-    if cfg.pretrained is True:
+    if kind == "hub":
         return "hub weights, zero-shot (not trained in this run)"
-    if cfg.pretrained == PACKAGE:
+    if kind == "package":
         return f"{package_source(cfg.backbone).summary}, zero-shot (not trained in this run)"
-    if isinstance(cfg.pretrained, str):
+    if kind == "file":
         return f"weights file {Path(cfg.pretrained).name}, zero-shot (not trained in this run)"
     return "random initialisation (untrained: no checkpoint in this run, no pretrained weights)"
 
@@ -80,15 +91,14 @@ def _str_array(values) -> np.ndarray:
 
 
 def save_features(path: Path, rset: RetrievalSet, query_features: np.ndarray, gallery_features: np.ndarray) -> Path:
-    """features.npz: features, building ids ('' where unknown), names and paths, for queries and gallery."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, query_features=query_features, gallery_features=gallery_features,
-             query_ids=_str_array(rset.query_ids), gallery_ids=_str_array(rset.gallery_ids),
-             query_names=_str_array(q.name for q in rset.queries),
-             gallery_names=_str_array(g.name for g in rset.gallery),
-             query_paths=_str_array(q.path for q in rset.queries),
-             gallery_paths=_str_array(g.path for g in rset.gallery))
-    return path
+    """features.npz (run_folder.write_features) of a retrieval set: ids '' where unknown, names and paths."""
+    return write_features(path, {
+        "query_features": query_features, "gallery_features": gallery_features,
+        "query_ids": _str_array(rset.query_ids), "gallery_ids": _str_array(rset.gallery_ids),
+        "query_names": _str_array(q.name for q in rset.queries),
+        "gallery_names": _str_array(g.name for g in rset.gallery),
+        "query_paths": _str_array(q.path for q in rset.queries),
+        "gallery_paths": _str_array(g.path for g in rset.gallery)})
 
 
 def read_ground_truth(path: Path, rset: RetrievalSet) -> tuple[list[str], list[str]]:
@@ -132,7 +142,7 @@ def run_challenge(ds, embed: _Embedder, out_dir: Path, index: str) -> dict:
     rset = ds.challenge
     qf = embed(rset.queries, "street", "challenge-queries")
     gf = embed(rset.gallery, "satellite", "challenge-gallery")
-    save_features(out_dir / "features.npz", rset, qf, gf)
+    save_features(out_dir / FEATURES, rset, qf, gf)
     _, indices, names = _top_k(rset, qf, gf, index)
     txt, zip_path = answers.write_challenge(out_dir, names, k=indices.shape[1])
     info = {"answer_txt": str(txt), "answer_zip": str(zip_path), "n_query": len(rset.queries),
@@ -167,6 +177,9 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     folder = run_dir(cfg.run_name)
     out_dir = folder / RETRIEVAL
     weights = weights_source(cfg, folder)
+    training = training_state(folder / TRAIN, cfg.run_name, cfg.epochs)
+    if training and not training["finished"]:
+        warnings.warn(f"evaluating an unfinished training: {weights}", UnfinishedTraining, stacklevel=2)
     torch.manual_seed(cfg.seed)  # an untrained model is then the same on every run (and its features cacheable)
     model, transforms = load_model_for_eval(cfg, folder)
     device = resolve_device(cfg.device)
@@ -181,11 +194,11 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     official = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids)
     dropped = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids, protocol="distractors_dropped")
 
-    save_features(out_dir / "features.npz", test, qf, gf)
+    save_features(out_dir / FEATURES, test, qf, gf)
     validation = _validation(cfg, ds, embed, out_dir)
     top_scores, top_idx, names = _top_k(test, qf, gf, cfg.faiss_index)
-    answers.write_answer_txt(out_dir / "answer.txt", names, k=top_idx.shape[1])
-    answers.write_topk_csv(out_dir / "topk.csv", [q.name for q in test.queries], [g.name for g in test.gallery],
+    answers.write_answer_txt(out_dir / ANSWER, names, k=top_idx.shape[1])
+    answers.write_topk_csv(out_dir / TOPK, [q.name for q in test.queries], [g.name for g in test.gallery],
                            top_idx, top_scores)
     chal = run_challenge(ds, embed, out_dir / "challenge", cfg.faiss_index) if challenge and ds.challenge else None
 
@@ -198,6 +211,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
         "data_root": str(ds.root),
         "model": describe_model(cfg),
         "weights": weights,
+        "training": training,  # None: no training in this run; else finished, or how far it got and how to finish
         "model_selection": describe_selection(cfg),
         "validation": validation,
         "embedding_dim": int(qf.shape[1]),
@@ -207,7 +221,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
         "seconds": round(time.time() - start, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / METRICS, summary)
     model.to("cpu")
     return RetrievalResult(cfg, out_dir, test, qf, gf, qf @ gf.T, top_idx, top_scores, official, dropped, weights,
                            chal, summary)

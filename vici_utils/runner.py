@@ -5,12 +5,19 @@
 Each notebook receives the resolved parameters it declares in its `parameters` cell, runs with the
 notebooks folder as its working directory (as JupyterLab does), and is saved executed to
 outputs/<run_name>/NN_name.ipynb. outputs/<run_name>/run.json records the parameters, code and library
-versions, the device, and each notebook's status and duration, and is rewritten after every notebook so an
-interrupted run still says how far it got.
+versions, the device, and each notebook's last status and duration (notebooks not run this time keep theirs),
+and is rewritten after every notebook so an interrupted run still says how far it got.
+
+What holds: the data root's layout and the backbone's name are checked before anything runs; one run at a
+time holds a run folder (a second on the same run_name is refused, naming the first's pid and command); an
+executed notebook is written beside its place and renamed into it, so it is never half-written, and a failed
+rerun leaves the last good one in place (the failed one beside it, NN_name.failed.ipynb); a full disk ends the
+run with one sentence naming the folder, recorded in run.json.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import platform
@@ -22,7 +29,8 @@ from typing import Callable, Optional
 
 from .params import Params, ParamsError, to_yaml
 from .paths import NOTEBOOKS_DIR, REPO_ROOT, run_dir
-from .run_folder import MANIFEST, PARAMS, write_atomic, write_json
+from .run_folder import (MANIFEST, PARAMS, RunFolderBusy, hold, is_disk_full, read_manifest, write_atomic,
+                         write_json)
 
 KERNEL = "python3"  # jupyter_client maps this to sys.executable: the runner's own environment
 
@@ -150,17 +158,88 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def preflight(params: Params) -> None:
+    """What the notebooks would find out seconds in, checked before anything runs: the data root's layout and
+    the backbone's name."""
+    from .checkpoints import WeightsError
+    from .models import check_backbone_name
+    from .u1652 import DatasetError, check_root
+
+    try:
+        if not params.is_embedded:
+            check_root(params.data_root)
+        check_backbone_name(params.backbone)
+    except (DatasetError, WeightsError) as e:
+        raise ParamsError(f"{'data_root' if isinstance(e, DatasetError) else 'backbone'}: {e}") from None
+
+
+def disk_full(folder: Path, error: str) -> str:
+    return (f"disk full: cannot write in {folder} ({error}); free space there (or set VICI_OUTPUTS to a folder with "
+            "room) and run the same command again (finished notebooks, checkpoints and stored answers are kept)")
+
+
+def _ran_out_of_space(e) -> bool:
+    """A notebook's own error that is a full disk (the kernel reports it as text)."""
+    return e.ename in ("OSError", "IOError") and any(m in str(e.evalue) for m in ("[Errno 28]", "[Errno 122]",
+                                                                                   "No space left on device"))
+
+
+def _record(path: Path, manifest: dict) -> None:
+    """Write the manifest; on a full disk, over the old one in place (its blocks are already there)."""
+    try:
+        write_json(path, manifest)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        try:
+            with open(path, "r+b") as f:
+                f.write((json.dumps(manifest, indent=2, default=str) + "\n").encode())
+                f.truncate()
+        except OSError:
+            pass  # nothing more can be written: the message still says what happened
+
+
+def _settle(running: Path, target: Path, keep_target: bool) -> Optional[Path]:
+    """Where a notebook that did not finish is kept: in its place, or beside the last good one
+    (NN_name.failed.ipynb); None when what papermill wrote is not a whole notebook (a full disk)."""
+    try:
+        json.loads(running.read_text())
+    except (OSError, ValueError):
+        running.unlink(missing_ok=True)
+        return None
+    dest = target.with_name(f"{target.stem}.failed{target.suffix}") if keep_target else target
+    os.replace(running, dest)
+    return dest
+
+
 def run(params: Params, only: Optional[list[str]] = None, log: Callable[[str], None] = print,
         notebooks_dir: Path = NOTEBOOKS_DIR) -> dict:
-    """Execute the notebooks in order; returns the manifest. Raises RunFailed on the first failing one."""
+    """Execute the notebooks in order; returns the manifest. Raises RunFailed on the first failing one, when
+    another process holds the run folder, or when the disk is full."""
+    books = discover_notebooks(only, notebooks_dir)
+    preflight(params)
+    out = run_dir(params.run_name)
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    try:
+        with hold(out, command):
+            return _run(params, books, out, command, log, notebooks_dir)
+    except RunFolderBusy as e:
+        raise RunFailed(str(e)) from None
+    except OSError as e:
+        if is_disk_full(e):
+            raise RunFailed(disk_full(out, e.strerror or str(e))) from None
+        raise
+
+
+def _run(params: Params, books: list[Path], out: Path, command: str, log: Callable[[str], None],
+         notebooks_dir: Path) -> dict:
     import papermill
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    books = discover_notebooks(only, notebooks_dir)
-    out = run_dir(params.run_name)
-    out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / PARAMS, to_yaml(params))
+    earlier = {n["name"]: n for n in (read_manifest(out) or {}).get("notebooks", []) if isinstance(n, dict)}
+    entries = {b.name: {"name": b.name, "status": "pending", "duration_s": None} for b in books}
     manifest = {
         "run_name": params.run_name,
         "status": "running",
@@ -169,8 +248,8 @@ def run(params: Params, only: Optional[list[str]] = None, log: Callable[[str], N
         "params": params.model_dump(),
         "git": _git(),
         "environment": environment(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "notebooks": [{"name": b.name, "status": "pending", "duration_s": None} for b in books],
+        "command": command,
+        "notebooks": sorted({**earlier, **entries}.values(), key=lambda n: n["name"]),
     }
     manifest_path = out / MANIFEST
     write_json(manifest_path, manifest)
@@ -181,39 +260,54 @@ def run(params: Params, only: Optional[list[str]] = None, log: Callable[[str], N
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     _quiet_stopped_kernels()
     t_run = time.time()
-    for book, entry in zip(books, manifest["notebooks"]):
+
+    def stop(status: str, entry: dict, t0: float, error: dict) -> None:
+        entry.update(status=status, duration_s=round(time.time() - t0, 1), error=error)
+        manifest.update(status=status, ended=_now(), duration_s=round(time.time() - t_run, 1))
+        _record(manifest_path, manifest)
+
+    for book in books:
+        entry = entries[book.name]
         declared = declared_parameters(book)
         inject = params.subset(k for k in declared if k in Params.model_fields)
         target = out / book.name
+        running = out / f".{book.stem}.running{book.suffix}"
+        keep_target = target.is_file() and earlier.get(book.name, {}).get("status") == "ok"
         entry.update(status="running", started=_now(), output=str(target))
-        write_json(manifest_path, manifest)
-        log(f"> {book.name}")
+        entry.pop("error", None)
         t0 = time.time()
-        out_sink, err_sink = _LogStream(book.name[:2], log), _LogStream(book.name[:2], log)
         try:
-            papermill.execute_notebook(
-                str(book), str(target), parameters=inject, kernel_name=KERNEL, cwd=str(notebooks_dir),
-                progress_bar=False, stdout_file=out_sink, stderr_file=err_sink, coalesce_streams=True,
-                # the kernel's own log is not the notebook's output (cell output and errors still are): its
-                # start-up warning that the loopback link is not encrypted, repeated for every notebook, and the
-                # errors it logs when shut down mid-cell (Ctrl-C) or interrupted while idle (at every shutdown)
-                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-            )
+            write_json(manifest_path, manifest)
+            log(f"> {book.name}")
+            out_sink, err_sink = _LogStream(book.name[:2], log), _LogStream(book.name[:2], log)
+            try:
+                papermill.execute_notebook(
+                    str(book), str(running), parameters=inject, kernel_name=KERNEL, cwd=str(notebooks_dir),
+                    progress_bar=False, stdout_file=out_sink, stderr_file=err_sink, coalesce_streams=True,
+                    # the kernel's own log is not the notebook's output (cell output and errors still are): its
+                    # start-up warning that the loopback link is not encrypted, repeated for every notebook, and the
+                    # errors it logs when shut down mid-cell (Ctrl-C) or interrupted while idle (at every shutdown)
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                )
+            finally:
+                out_sink.close(), err_sink.close()
+            os.replace(running, target)
+            target.with_name(f"{target.stem}.failed{target.suffix}").unlink(missing_ok=True)
         except PapermillExecutionError as e:
-            out_sink.close(), err_sink.close()
-            entry.update(status="failed", duration_s=round(time.time() - t0, 1),
-                         error={"cell": e.cell_index, "execution_count": e.exec_count,
-                                "ename": e.ename, "evalue": e.evalue})
-            manifest.update(status="failed", ended=_now(), duration_s=round(time.time() - t_run, 1))
-            write_json(manifest_path, manifest)
+            kept = _settle(running, target, keep_target)
+            stop("failed", entry, t0, {"cell": e.cell_index, "execution_count": e.exec_count, "ename": e.ename,
+                                        "evalue": e.evalue, "notebook": str(kept)})
+            if _ran_out_of_space(e):
+                raise RunFailed(f"{book.name}: {disk_full(out, e.evalue)}") from None
+            where = f"The executed notebook, with the traceback, is {kept}" + (
+                f"; the last good one stays at {target}" if keep_target else "")
             raise RunFailed(f"{book.name} failed in the cell run as [{e.exec_count}] "
-                            f"(`{_failed_cell_source(target, e.exec_count)}`): {e.ename}: {e.evalue}\n"
-                            f"The executed notebook, with the traceback, is {target}") from None
-        except BaseException as e:  # kernel died, Ctrl-C: record it, then say what happened in one sentence
-            entry.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                         duration_s=round(time.time() - t0, 1), error={"ename": type(e).__name__, "evalue": str(e)})
-            manifest.update(status=entry["status"], ended=_now(), duration_s=round(time.time() - t_run, 1))
-            write_json(manifest_path, manifest)
+                            f"(`{_failed_cell_source(kept, e.exec_count)}`): {e.ename}: {e.evalue}\n"
+                            f"{where}") from None
+        except BaseException as e:  # kernel died, Ctrl-C, full disk: record it, then say what happened in one sentence
+            kept = _settle(running, target, keep_target) if running.exists() else None
+            stop("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", entry, t0,
+                 {"ename": type(e).__name__, "evalue": str(e), "notebook": str(kept)})
             if isinstance(e, KeyboardInterrupt):
                 done = [n["name"] for n in manifest["notebooks"] if n["status"] == "ok"]
                 raise RunInterrupted(
@@ -224,9 +318,10 @@ def run(params: Params, only: Optional[list[str]] = None, log: Callable[[str], N
                 raise RunFailed(
                     f"{book.name}: the kernel died, most likely out of memory (the system stops a process that "
                     "takes too much). Try a smaller batch_size, image_size or eval_batch_size (e.g. --set "
-                    f"batch_size=32). The notebook as far as it ran is {target}") from None
+                    f"batch_size=32). The notebook as far as it ran is {kept}") from None
+            if is_disk_full(e):
+                raise RunFailed(f"{book.name}: {disk_full(out, e.strerror or str(e))}") from None
             raise
-        out_sink.close(), err_sink.close()
         entry.update(status="ok", duration_s=round(time.time() - t0, 1))
         write_json(manifest_path, manifest)
         log(f"  {book.name} ok in {entry['duration_s']:.1f} s")

@@ -46,7 +46,7 @@ from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, p
                      read_yaml, validate)
 from .paths import outputs_root, run_dir
 from .results.rows import read_run_folder
-from .run_folder import CHECKPOINTS, MANIFEST, TRAIN, read_manifest
+from .run_folder import BEST, MANIFEST, RESULTS, TRAIN, read_manifest, trained_checkpoint, write_atomic
 
 SEGMENT = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"  # one folder name (run_name's pattern, without '/')
 RESERVED = {"run_name": "the sweep names each run <sweep>/<variant>", "seed": "list seeds under `seeds:`"}
@@ -225,7 +225,8 @@ def _evaluate_only(run: PlannedRun, path: Path, numbers: list[str]) -> None:
 
 
 def checkpoint_of(folder: Path) -> Path:
-    return folder / TRAIN / CHECKPOINTS[0]
+    """The checkpoint the source run evaluates (run_folder.trained_checkpoint); best.pt until it has trained."""
+    return trained_checkpoint(folder / TRAIN) or folder / TRAIN / BEST
 
 
 def bind_model(run: PlannedRun, index: Optional[dict[Path, dict]] = None) -> None:
@@ -311,7 +312,7 @@ def collect(sweep: Sweep, failures: Optional[dict[str, str]] = None) -> pd.DataF
         rows.append(row)
     df = pd.DataFrame(rows)
     sweep.folder.mkdir(parents=True, exist_ok=True)
-    df.to_csv(sweep.folder / "results.csv", index=False)
+    write_atomic(sweep.folder / RESULTS, df.to_csv(index=False))
     return df
 
 

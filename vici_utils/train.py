@@ -33,7 +33,7 @@ from .metrics import METRICS
 from .models import build_model
 from .params import Params, ParamsError, config_differences, load, parse_set, read_yaml, to_yaml
 from .transforms import model_transforms
-from .run_folder import TRAIN, stage_dir, write_atomic
+from .run_folder import BEST, LAST, TRAIN, TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT, read_json, stage_dir, write_atomic
 from .progress import progress as progress_bar
 
 CHECKPOINT_FORMAT = "vici-train/1"
@@ -53,10 +53,6 @@ class TrainResult:
     eval_set: str = "val"                     # what selected it: 'val' (held-out train buildings) or 'test'
     seconds: float = 0.0                      # training time, all sessions of this run together
     epochs_now: int = 0                       # epochs trained by this call (0: the stored result)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.train_dir / "best.pt"
 
 
 # --- small helpers -----------------------------------------------------------------------------------
@@ -152,15 +148,14 @@ def evaluate_model(model, retrieval_set, cfg: Params, device: torch.device) -> d
 
 # --- stored results ----------------------------------------------------------------------------------
 def read_log(train_dir: Path) -> pd.DataFrame:
-    path = train_dir / "train_log.csv"
+    path = train_dir / TRAIN_LOG
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(LOG_COLUMNS))
 
 
 def stored_result(train_dir: Path) -> Optional[TrainResult]:
-    path = train_dir / "result.json"
-    if not path.is_file():
+    r = read_json(train_dir / TRAIN_RESULT, train_dir.parent.name, TRAIN)
+    if r is None:
         return None
-    r = json.loads(path.read_text())
     return TrainResult(train_dir, read_log(train_dir), r["best_epoch"], r["best"], r["eval_set"], r["seconds"], 0)
 
 
@@ -198,14 +193,14 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
     train_dir = stage_dir(cfg.run_name, TRAIN)
     rank, world, device = _setup_distributed(cfg)
     main = rank == 0
-    last_path = train_dir / "last.pt"
+    last_path = train_dir / LAST
 
     if cfg.epochs == 0:  # nothing to train: evaluation uses init_checkpoint or the bare backbone
         return TrainResult(train_dir, read_log(train_dir).iloc[0:0], None, {}, cfg.select_on)
     if cfg.resume:
         done = stored_result(train_dir)
         if done is not None and last_path.is_file():
-            _check_stored_config(read_yaml(train_dir / "config.yaml"), cfg, train_dir)
+            _check_stored_config(read_yaml(train_dir / TRAIN_CONFIG), cfg, train_dir)
             return done
     ckpt = None
     if cfg.resume and last_path.is_file():
@@ -252,6 +247,10 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
         start_epoch, step, rows, best, seconds = (ckpt["epoch"], ckpt["step"], ckpt["log"], ckpt["best"],
                                                   ckpt["seconds"])
         _set_rng_state(ckpt["rng"])
+        if main and ckpt["best"]["epoch"] == ckpt["epoch"]:  # last.pt is saved first: redo a best.pt save a stop cut
+            _save_atomic({"format": CHECKPOINT_FORMAT, "model_config": model.config, "config": ckpt["config"],
+                          "epoch": ckpt["epoch"], "model": ckpt["model"], "eval_set": cfg.select_on,
+                          "metrics": ckpt["best"]["metrics"]}, train_dir / BEST)
         del ckpt
 
     net = model
@@ -262,9 +261,9 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
     if main:
         train_dir.mkdir(parents=True, exist_ok=True)
         if start_epoch == 0:  # a fresh start: files of an earlier attempt must not pass for this run's
-            for name in ("result.json", "best.pt", "last.pt", "train_log.csv"):
+            for name in (TRAIN_RESULT, BEST, LAST, TRAIN_LOG):
                 (train_dir / name).unlink(missing_ok=True)
-        write_atomic(train_dir / "config.yaml", to_yaml(cfg))
+        write_atomic(train_dir / TRAIN_CONFIG, to_yaml(cfg))
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     bar = progress_bar(total=cfg.epochs * steps_per_epoch, initial=step, unit="step",
                        disable=not (progress and main), desc=f"epoch {start_epoch + 1}/{cfg.epochs}")
@@ -303,15 +302,17 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
         if main:
             header = {"format": CHECKPOINT_FORMAT, "model_config": model.config, "config": cfg.model_dump(),
                      "epoch": epoch + 1}
+            # last.pt first: a stop between the two saves keeps the resume point, and resuming redoes best.pt
             if improved or (checked is None and epoch + 1 == cfg.epochs):  # no validation: the last is the best
                 best = {"epoch": epoch + 1, "metrics": {k: row[k] for k in METRICS}}
-                _save_atomic({**header, "model": model.state_dict(), "eval_set": eval_set, "metrics": best["metrics"]},
-                             train_dir / "best.pt")
             if validate or epoch + 1 == end_epoch:  # not every epoch: for DINOv2-L, weights + AdamW state are ~7 GB a save
                 _save_atomic({**header, "model": model.state_dict(), "loss": loss_fn.state_dict(),
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
                               "log": rows, "best": best, "seconds": seconds, "rng": _rng_state()}, last_path)
-            write_atomic(train_dir / "train_log.csv", pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(index=False))
+            if best["epoch"] == epoch + 1:
+                _save_atomic({**header, "model": model.state_dict(), "eval_set": eval_set, "metrics": best["metrics"]},
+                             train_dir / BEST)
+            write_atomic(train_dir / TRAIN_LOG, pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(index=False))
         if world > 1:
             dist.barrier()
     bar.close()
@@ -320,7 +321,7 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
     result = TrainResult(train_dir, pd.DataFrame(rows, columns=list(LOG_COLUMNS)), best["epoch"], best["metrics"],
                          eval_set, seconds, epochs_now)
     if main and end_epoch == cfg.epochs and cfg.epochs > 0:
-        write_atomic(train_dir / "result.json", json.dumps(
+        write_atomic(train_dir / TRAIN_RESULT, json.dumps(
             {"best_epoch": best["epoch"], "best": best["metrics"], "eval_set": eval_set, "seconds": seconds,
              "epochs": cfg.epochs}, indent=1))
     return result

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 TRAIN_VIEWS = ("street", "satellite", "drone")
@@ -102,36 +103,101 @@ def _items(view: dict[str, list[Path]], name_of) -> list[ImageItem]:
 
 @contextlib.contextmanager
 def open_image(path: Path | str):
-    """Image.open for data files: a missing, corrupt or truncated file raises DatasetError naming its path.
-    Pillow decodes lazily, so the body's errors (convert, verify, load) are caught too."""
+    """Image.open for data files: a missing, corrupt or truncated file, or one so large that decoding it could
+    exhaust memory (Pillow's decompression-bomb limit), raises DatasetError naming its path. Pillow decodes
+    lazily, so the body's errors (convert, verify, load) are caught too."""
     try:
         with Image.open(path) as im:
             yield im
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{path}: too large to open safely ({e}); the limit is Pillow's "
+                           f"Image.MAX_IMAGE_PIXELS x 2 = {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: "
+                           "downscale the file (or, trusting it, raise PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"{path}: cannot read this image ({e}); re-download or remove the file") from None
 
 
-def load_image(path: Path | str, draft_size: Optional[int] = None) -> Image.Image:
-    """An image as RGB. draft_size: a JPEG much bigger than it is decoded by libjpeg at 1/2, 1/4 or 1/8 scale,
-    still at least draft_size pixels on each side (fast; other formats are decoded at full size)."""
+SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}  # I (32-bit integers) is read as 16-bit, as PNG/TIFF give it
+WITH_ALPHA = {"RGBA", "LA", "PA", "La", "RGBa"}
+AS_RGB = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", *WITH_ALPHA}
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as matplotlib and browsers show them
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored; 2-8 = mirrored and/or turned), 1 when there is none."""
+    return int(im.getexif().get(0x0112, 1) or 1)
+
+
+def to_rgb(im: Image.Image, path: Path | str) -> Image.Image:
+    """8-bit RGB of any mode Pillow opens, turned upright by its EXIF orientation (the one rule for the model
+    and the VLM: both see the image as a viewer shows it). 16-bit grey scales 0..65535 to 0..255; transparency
+    is composited on white; float images (mode F) and modes with no RGB meaning are refused by name."""
+    if orientation(im) != 1:
+        im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in SIXTEEN_BIT:
+        a = np.asarray(im, dtype=np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DatasetError(f"{path}: 32-bit integer pixels outside 0..65535 (mode {mode}); convert the file to "
+                               "8- or 16-bit RGB or greyscale")
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if mode == "P" and "transparency" in im.info:
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in WITH_ALPHA:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode not in AS_RGB:
+        why = "floating point, range unknown" if mode == "F" else "no RGB meaning"
+        raise DatasetError(f"{path}: pixel mode {mode} ({why}) cannot be read as an 8-bit RGB image; convert the "
+                           "file to 8-bit RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: Path | str, draft_size: Optional[int] = None, max_side: Optional[int] = None) -> Image.Image:
+    """An image as upright 8-bit RGB (`to_rgb`). draft_size: a JPEG much bigger than it is decoded by libjpeg at
+    1/2, 1/4 or 1/8 scale, still at least draft_size pixels on each side (fast; other formats are decoded at full
+    size). max_side: a thumbnail whose longer side is at most max_side (what figures draw: a 12000-pixel photo
+    then costs a figure kilobytes, not gigabytes)."""
     with open_image(path) as im:
-        if draft_size and im.format == "JPEG":
-            im.draft("RGB", (draft_size, draft_size))
-        return im.convert("RGB")
+        draft = min(filter(None, (draft_size, max_side)), default=None)
+        if draft and im.format == "JPEG":
+            im.draft("RGB", (draft, draft))
+        image = to_rgb(im, path)
+    if max_side:
+        image.thumbnail((max_side, max_side))
+    return image
+
+
+def gallery_names_unique(rset: "RetrievalSet", where: Path) -> None:
+    """Answer files name gallery images by stem: two files with one stem (in two building folders) would be one
+    answer, so they are refused at set-up, naming both."""
+    seen: dict[str, Path] = {}
+    for item in rset.gallery:
+        if item.name in seen:
+            raise DatasetError(f"{where}: two gallery images share the name '{item.name}' that answer files use: "
+                               f"{seen[item.name]} and {item.path}; rename one")
+        seen[item.name] = item.path
+
+
+def check_root(root: str | Path) -> Path:
+    """`root` if it is a folder holding train/ and test/ (cheap: what a run checks before anything runs)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root not found (expected a University-1652 folder with "
+                           "train/ and test/, or data_root: embedded)")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DatasetError(f"{root / split}: missing split folder; a University-1652 root holds "
+                               f"train/ and test/ (found: {sorted(p.name for p in root.iterdir())})")
+    return root
 
 
 class University1652:
     """The dataset at `root`, validated on construction."""
 
     def __init__(self, root: str | Path, include_google: bool = False):
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data root not found (expected a University-1652 folder with "
-                               "train/ and test/, or data_root: embedded)")
-        for split in ("train", "test"):
-            if not (self.root / split).is_dir():
-                raise DatasetError(f"{self.root / split}: missing split folder; a University-1652 root holds "
-                                   f"train/ and test/ (found: {sorted(p.name for p in self.root.iterdir())})")
+        self.root = check_root(root)
         train = self.root / "train"
         google = read_view(train / "google") if include_google and (train / "google").is_dir() else {}
         self.train = TrainSplit(*(read_view(train / v) for v in TRAIN_VIEWS), google=google)
@@ -154,7 +220,9 @@ class University1652:
             raise DatasetError(f"{test / 'query_street'}: no query images")
         if not gallery:
             raise DatasetError(f"{test / 'gallery_satellite'}: no gallery images")
-        return RetrievalSet(queries, gallery)
+        rset = RetrievalSet(queries, gallery)
+        gallery_names_unique(rset, test / "gallery_satellite")
+        return rset
 
     def _read_challenge(self) -> Optional[RetrievalSet]:
         test = self.root / "test"
@@ -178,7 +246,9 @@ class University1652:
                                f"(first: {missing[0]})")
         queries = [ImageItem(files[n], None, n) for n in names]
         gallery = [ImageItem(p, None, p.stem) for p in sorted(gdir.rglob("*")) if _is_image(p)]
-        return RetrievalSet(queries, gallery)
+        rset = RetrievalSet(queries, gallery)
+        gallery_names_unique(rset, gdir)
+        return rset
 
     def split_buildings(self, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
         """Hold out train buildings for validation (seeded), so model selection never sees the test set."""

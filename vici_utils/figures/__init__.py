@@ -65,6 +65,19 @@ def _grow_bottom(fig, inches: float) -> None:
         t.set_position((x, (y * h + inches) / new_h))
 
 
+def drawable(text: str) -> str:
+    """`text` with each character the figures' font cannot draw replaced by '?': matplotlib would otherwise draw
+    a box and warn once per glyph and drawing (a non-ASCII data_root gave about 140 warnings a run)."""
+    if text.isascii():
+        return text
+    import matplotlib
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties(family=matplotlib.rcParams["font.family"])))
+    return "".join(c if c.isascii() or font.get_char_index(ord(c)) else "?" for c in text)
+
+
 def stamp(fig, cfg, model: str | None = None, data: str | None = None):
     """Write 'data: ... | model: ... | run: ...' under a figure, so a figure copied out of context still says
     where it came from. Pass model='' for figures of data alone.
@@ -78,7 +91,7 @@ def stamp(fig, cfg, model: str | None = None, data: str | None = None):
     parts.append(f"run: {cfg.run_name}")
     renderer = _renderer(fig)
     bottom = _content_bottom(fig, renderer)
-    label = fig.text(0.01, 0.0, " | ".join(parts), fontsize=STAMP_PT, color="0.35", ha="left", va="bottom",
+    label = fig.text(0.01, 0.0, drawable(" | ".join(parts)), fontsize=STAMP_PT, color="0.35", ha="left", va="bottom",
                      wrap=True)
     height = label.get_window_extent(renderer).height / fig.dpi   # wrapped to the figure's width
     _grow_bottom(fig, height + 2 * STAMP_GAP_IN - bottom)

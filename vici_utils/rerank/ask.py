@@ -11,7 +11,13 @@ requests-per-minute bucket before every send. Per request:
      answers are kept for the record only: a later run (after the server or model was fixed) asks again.
 A fatal error (bad key, unknown model) stops every worker; answers already stored stay stored. So does a
 streak of requests that all gave up, which means the server is down (or not speaking the protocol) rather
-than one query unlucky.
+than one query unlucky, and a streak of vlm_stop_after_unusable answers unusable for the same reason, which
+means the prompt, the model or the server is wrong for every query (the message says which is likely).
+A stopping run sends nothing more, but the requests already in flight (paid for) are awaited and their
+answers stored before the error surfaces.
+
+A retry is "spent" when this run sends a request again after an unusable answer (at most vlm_max_retries per
+request and run). Answers stored by earlier runs, usable or not, spend nothing: unusable ones are a record.
 
 `VLMReranker` is the re-ranker interface (rerankers.py) for every network backend: a backend only adds
 `send`, `aclose`, `settings` (its cache-key part) and `url` (for messages, no credentials).
@@ -40,6 +46,24 @@ from .schema import AnswerFault, parse_answer
 log = logging.getLogger("vici_utils.rerank")
 
 ABORT_AFTER_GIVE_UPS = 10  # consecutive requests that exhausted their transport retries: the server is down
+LIKELY_CAUSE = {  # fault kind (schema.AnswerFault) -> what a streak of them most likely means
+    "fenced": "the server does not enforce the answer's JSON schema (structured output) and the model writes "
+              "markdown: use a server or model that supports response_format / response_schema",
+    "invalid_json": "the answers are prose around the JSON or not JSON: the server ignores structured output, or the "
+                    "model does not follow the prompt",
+    "off_schema": "the JSON has other keys: the server ignores the schema, or the model is too small to follow it",
+    "bad_ranking": "the model does not rank 1..K each once: the model (too small?) or the prompt (rerank_top_k too "
+                   "many candidates for it)",
+    "truncated": "the answers are cut off: the server's output-token limit is too small (or thinking eats it: "
+                 "vlm_thinking_budget)",
+    "finish": "the model stops early (a safety filter or a refusal): the model or the server's settings",
+    "empty": "the server returns no text: the server (or the model) is misconfigured",
+    "oversized": "the answers are far longer than asked: the model or the server misbehaves",
+}
+
+
+class Stopped(Exception):
+    """Another worker stopped the run: send nothing more."""
 ANSWER_TEXT = ("summary_ground_image", "summary_satellite_images", "reason")
 
 
@@ -55,15 +79,20 @@ class AskStats:
 
 
 class Asker:
-    def __init__(self, backend, cache: AnswerCache, policy: RetryPolicy, rpm: int):
+    def __init__(self, backend, cache: AnswerCache, policy: RetryPolicy, rpm: int, stop_after_unusable: int = 10):
         self.backend, self.cache, self.policy = backend, cache, policy
         self.bucket = TokenBucket(rpm)
         self.stats = AskStats()
         self.abort_after = ABORT_AFTER_GIVE_UPS  # ask_all lowers it for runs with fewer requests
+        self.stop_after_unusable = stop_after_unusable
+        self.stopping = False  # set by ask_all when a worker failed: nothing more is sent
         self._give_up_streak = 0
+        self._unusable: tuple[str, int] = ("", 0)  # fault kind of the latest unusable answers, how many in a row
 
     async def _send(self, request: Request):
         await self.bucket.acquire()
+        if self.stopping:
+            raise Stopped()
         self.stats.sent += 1
         return await self.backend.send(request)
 
@@ -84,6 +113,8 @@ class Asker:
             try:
                 reply = await with_retries(lambda: self._send(request), self.policy,
                                            lambda a, e, w: self._on_retry(request, a, e, w))
+            except Stopped:
+                return {"ok": False, "fault": "stopped: the run was stopping", "cached": False, "key": key}
             except TransientError as e:
                 self.stats.gave_up += 1
                 self._give_up_streak += 1
@@ -97,14 +128,26 @@ class Asker:
                         "attempts)", "cached": False, "key": key}
             self._give_up_streak = 0
             record = self._record(key, request, reply)
-            self.cache.put(record)
+            self.cache.put(record)  # paid for: stored before anything else can fail
             if record["ok"]:
+                self._unusable = ("", 0)
                 return {**record, "cached": False}
             self.stats.invalid += 1
             faults.append(record["fault"])
             log.warning(redact(f"{request.query_name} (order {request.permutation}): unusable answer, "
                                f"{record['fault']}"))
+            self._count_unusable(record["fault"])
         return {"ok": False, "fault": f"{faults[-1]} ({len(faults)} unusable answers)", "cached": False, "key": key}
+
+    def _count_unusable(self, fault: str) -> None:
+        kind = fault.split(":", 1)[0]
+        streak = self._unusable[1] + 1 if self._unusable[0] == kind else 1
+        self._unusable = (kind, streak)
+        if streak >= self.stop_after_unusable:
+            raise RerankError(redact(
+                f"{self.backend.name} backend at {self.backend.url}, model {self.backend.model}: {streak} answers in "
+                f"a row were unusable for the same reason ({fault[:300]}); most likely {LIKELY_CAUSE.get(kind, kind)}. "
+                "Stopping before spending the rest of the budget (vlm_stop_after_unusable); stored answers are kept."))
 
     def _record(self, key: str, request: Request, reply) -> dict:
         self.stats.tokens.update(reply.usage)
@@ -128,7 +171,8 @@ class Asker:
 async def ask_all(asker: Asker, jobs: list, build: Callable[[object], Request], concurrency: int,
                   on_done: Optional[Callable[[object, dict], None]] = None) -> dict:
     """Answer every job (built into a Request by `build`, in a thread: JPEG encoding is CPU work) with
-    `concurrency` workers; returns {job: record}. A RerankError in any worker stops them all."""
+    `concurrency` workers; returns {job: record}. An error in any worker stops them all (fatal errors
+    first), once the requests already in flight have been answered and stored."""
     results: dict = {}
     todo = iter(jobs)  # one shared iterator: each job is taken by exactly one worker
     asker.abort_after = max(1, min(ABORT_AFTER_GIVE_UPS, len(jobs)))
@@ -140,7 +184,7 @@ async def ask_all(asker: Asker, jobs: list, build: Callable[[object], Request], 
     async def worker():
         upcoming = prepare()
         try:
-            while upcoming is not None:
+            while upcoming is not None and not asker.stopping:
                 job, request = upcoming
                 request = await request
                 upcoming = prepare()  # encode the next request's images while this one is in flight
@@ -151,18 +195,18 @@ async def ask_all(asker: Asker, jobs: list, build: Callable[[object], Request], 
             if upcoming is not None:  # stopped early: do not leave an encoding future unobserved
                 upcoming[1].cancel()
 
-    error = None
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(concurrency, len(jobs))):
-                group.create_task(worker())
-    except BaseExceptionGroup as group_error:  # the one error that stopped the workers, fatal first
-        errors = _leaves(group_error)
-        error = next((e for e in errors if isinstance(e, RerankError)), errors[0])
-    if error is not None:
-        # Raised here, after the except block: raised inside it, the error would get the group (which holds
-        # the error itself) as its context, and a notebook reports such a cycle as an empty message.
-        raise _with_message(error)
+    errors: list[BaseException] = []
+
+    async def guarded():
+        try:
+            await worker()
+        except Exception as e:  # stop the others from sending, but let their requests in flight (paid) arrive
+            errors.append(e)
+            asker.stopping = True
+
+    await asyncio.gather(*(guarded() for _ in range(min(concurrency, len(jobs)))))
+    if errors:  # the one error that stopped the workers, fatal first
+        raise _with_message(next((e for e in errors if isinstance(e, RerankError)), errors[0]))
     return results
 
 
@@ -174,10 +218,6 @@ def _with_message(error: BaseException) -> BaseException:
                           "the chained traceback shows where")
     wrapped.__cause__ = error
     return wrapped
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    return [x for e in group.exceptions for x in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
 
 
 def run_coroutine(coro):
@@ -260,7 +300,7 @@ class VLMReranker:
         encoder.plan((path for q, _ in jobs for path in paths[q]), cfg.vlm_image_size)
         bar = progress_bar(total=len(jobs), desc=f"re-ranking ({self.name} {self.model})",
                            disable=not job.show_progress)
-        asker = Asker(self, cache, policy, cfg.vlm_rpm)
+        asker = Asker(self, cache, policy, cfg.vlm_rpm, cfg.vlm_stop_after_unusable)
 
         def done(item, record):
             bar.update()

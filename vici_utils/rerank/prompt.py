@@ -2,8 +2,8 @@
 
 A request is a list of parts, text and images interleaved, that every backend turns into its own
 wire format: the ground photo first, then each satellite candidate under its number, then the task.
-Images are the files' own bytes at full resolution (vlm_image_size: None, as VICI sent them), or
-downscaled and re-encoded as JPEG (vlm_image_size: N, cheaper).
+Images are the files' own bytes at full resolution (vlm_image_size: None, as VICI sent them, when those
+bytes show what the retrieval model sees), or downscaled and re-encoded as JPEG (vlm_image_size: N, cheaper).
 Numbering each image in the text beside it keeps "candidate 3" unambiguous whatever the model does
 with image order.
 """
@@ -20,11 +20,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..u1652 import open_image
+from ..u1652 import load_image, open_image, orientation
 
 PROMPT_VERSION = "2025-06-v2"  # part of every cache key: changing the wording invalidates stored answers
 JPEG_QUALITY = 90
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}  # formats every backend takes
+PLAIN_MODES = {"RGB", "L"}  # a file's own bytes are what the model sees only in these modes, stored upright
 
 INTRO = (
     "You are helping to find where a photograph was taken. The first image below was taken on the ground, "
@@ -81,19 +82,24 @@ class Request:
 
 
 def image_bytes(path: str, size: int | None) -> ImagePart:
-    """The image at `path` as sent to the model. size None: the file's own bytes, unchanged (formats other
-    than JPEG, PNG and WebP are re-encoded as JPEG at full size). size N: downscaled so its longer side
-    is at most N, re-encoded as JPEG; deterministic for a given Pillow version, so the bytes (and cache
-    keys) are stable across runs. Large JPEGs are decoded at a reduced scale (draft) and resized
-    bilinearly (Pillow's resize filters are area-aware when shrinking): this runs once per image per run
+    """The image at `path` as sent to the model: the pixels the retrieval model sees (u1652.load_image: upright by
+    its EXIF orientation, 8-bit RGB). size None: the file's own bytes, unchanged, when they are those pixels (a
+    JPEG, PNG or WebP in RGB or grey, with no EXIF turn); any other file is re-encoded as JPEG at full size. size
+    N: downscaled so its longer side is at most N, re-encoded as JPEG; deterministic for a given Pillow version,
+    so the bytes (and cache keys) are stable across runs. Large JPEGs are decoded at a reduced scale (draft) and
+    resized bilinearly (Pillow's resize filters are area-aware when shrinking): this runs once per image per run
     and must keep up with the requests."""
-    with open_image(path) as im:
-        if size is None and im.format in SENT_AS_IS:
-            im.verify()  # a truncated or corrupt file fails here, not at the server
-            return ImagePart(Path(path).read_bytes(), SENT_AS_IS[im.format])
-        if size is not None:
-            im.draft("RGB", (size, size))
-        im = im.convert("RGB")
+    if size is None:
+        with open_image(path) as im:
+            fmt, as_is = im.format, im.format in SENT_AS_IS and im.mode in PLAIN_MODES
+        if as_is:
+            with open_image(path) as im:
+                as_is = orientation(im) == 1  # reading the EXIF of a PNG decodes it: verify needs a fresh open
+            with open_image(path) as im:
+                im.verify()  # a truncated or corrupt file fails here, not at the server
+        if as_is:
+            return ImagePart(Path(path).read_bytes(), SENT_AS_IS[fmt])
+    im = load_image(path, draft_size=size)
     scale = 1 if size is None else size / max(im.size)
     if scale < 1:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)

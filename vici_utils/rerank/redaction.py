@@ -64,16 +64,19 @@ def redact_url(url: str | None) -> str | None:
 
 
 def expand_secret_refs(text: str | None) -> str | None:
-    """Replace each ${NAME} with the environment variable's value at the point of use. Parameters keep
-    references to secret-named variables unexpanded, so params.yaml, run.json and the notebooks never hold
-    the value."""
+    """Replace each ${NAME} with the environment variable's value at the point of use, and redact that value
+    from then on. Parameters keep references to secret-named variables (and every reference in a URL)
+    unexpanded, so params.yaml, run.json and the notebooks never hold the value."""
     if not text:
         return text
 
     def value(m: re.Match) -> str:
         if m.group(1) not in os.environ:
             raise KeyError(f"${{{m.group(1)}}} is not set in the environment")
-        return os.environ[m.group(1)]
+        found = os.environ[m.group(1)]
+        if len(found) >= MIN_KEY_LEN:  # every expanded part of a URL is a secret from now on
+            _remembered.add(found)
+        return found
 
     return SECRET_REF.sub(value, text)
 

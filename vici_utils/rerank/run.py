@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..answers import CHALLENGE_K, names_from_indices, write_answer_txt
 from ..metrics import evaluate_ranking, full_ranking, scalars
-from ..run_folder import RERANK, RETRIEVAL, VAL_FEATURES, stage_dir
+from ..run_folder import FEATURES, RERANK, RETRIEVAL, VAL_FEATURES, read_features, stage_dir
 from . import fusion, pricing
 from .limits import RetryPolicy
 from .redaction import redact
@@ -40,8 +40,6 @@ from .rerankers import QueryOutcome, RerankError, RerankJob, make_reranker
 
 log = logging.getLogger("vici_utils.rerank")
 
-FEATURE_KEYS = ("query_features", "query_ids", "query_names", "query_paths",
-                "gallery_features", "gallery_ids", "gallery_names", "gallery_paths")
 FAILED_DIR = "failed"
 
 
@@ -59,28 +57,11 @@ class RerankResult:
 # --- inputs -------------------------------------------------------------------------------------------------------
 
 def features_path(cfg) -> Path:
-    return stage_dir(cfg.run_name, RETRIEVAL) / "features.npz"
+    return stage_dir(cfg.run_name, RETRIEVAL) / FEATURES
 
 
-def load_features(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no retrieval features. Run notebook 03_retrieval for this run_name first "
-                                "(python -m vici_utils run params/default.yaml --only 03).")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in FEATURE_KEYS if k not in npz.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; expected {list(FEATURE_KEYS)} "
-                             "(written by vici_utils.retrieval)")
-        feats = {k: npz[k] for k in FEATURE_KEYS}
-    for k in FEATURE_KEYS:
-        if not k.endswith("features"):
-            feats[k] = [None if v in ("", "None") else str(v) for v in feats[k].tolist()]
-    for side in ("query", "gallery"):
-        n = len(feats[f"{side}_features"])
-        bad = [k for k in FEATURE_KEYS if k.startswith(side) and len(feats[k]) != n]
-        if bad:
-            raise ValueError(f"{path}: {bad} do not have one entry per {side} feature ({n})")
-    return feats
+def load_features(path: Path, run_name: str = "<run_name>") -> dict:
+    return read_features(path, run_name)  # run_folder owns the file: its keys, writer and reader
 
 
 # --- outputs ------------------------------------------------------------------------------------------------------
@@ -145,7 +126,7 @@ def validation_features(cfg) -> Optional[dict]:
         raise RerankError(f"{path}: no validation features, which fusion: validation chooses its rule on. Run "
                           "notebook 03 again for this run_name (it writes them when val_fraction > 0), or name a "
                           f"rule ({', '.join(fusion.FUSIONS)}).")
-    return load_features(path)
+    return load_features(path, cfg.run_name)
 
 
 def choose_fusion(cfg, reranker, val_feats: Optional[dict], job: RerankJob) -> dict:
@@ -170,7 +151,7 @@ def choose_fusion(cfg, reranker, val_feats: Optional[dict], job: RerankJob) -> d
 def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool = True) -> RerankResult:
     """Re-rank the run's retrieval with `cfg.rerank_backend` and write outputs/<run_name>/rerank/."""
     # 1. everything that can be checked before any work: inputs, key, server URL, images
-    feats = load_features(features_path(cfg))
+    feats = load_features(features_path(cfg), cfg.run_name)
     val_feats = validation_features(cfg)
     reranker = make_reranker(cfg)
     full = full_ranking(feats["query_features"], feats["gallery_features"])

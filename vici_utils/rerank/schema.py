@@ -4,6 +4,11 @@ Structured-output modes make a well-formed answer likely, not certain: a model c
 (MAX_TOKENS, SAFETY), wrap the JSON in a markdown fence, or rank 3 twice and forget 7. `parse_answer`
 turns every such case into an `AnswerFault` with a short kind, so the caller can retry and, in the end,
 record why a query kept its retrieval order.
+
+An answer is also bounded where it enters: at most MAX_ANSWER_BYTES of text, MAX_FIELD_CHARS per description,
+one description per candidate. A larger one (a 10 MB reason) is `oversized`: unusable like any other fault,
+never stored as usable (the store keeps its first 2,000 characters as the record), so no table, figure or
+rerun ever reads it.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from pydantic import BaseModel, Field, ValidationError
 # Finish reasons that mean "the model finished normally" (Gemini, OpenAI-compatible servers).
 NORMAL_FINISH = {None, "", "STOP", "stop", "FINISH_REASON_UNSPECIFIED", "eos"}
 TRUNCATED_FINISH = {"MAX_TOKENS", "length"}
+MAX_ANSWER_BYTES = 64_000  # a full answer for 10 candidates is a few kB
+MAX_FIELD_CHARS = 4_000    # each description and the reason
 
 
 # VICI's answer (stage_2.py), in VICI's order. Field order is generation order (google-genai sends it as
@@ -38,7 +45,7 @@ def json_schema() -> dict:
 
 class AnswerFault(ValueError):
     """An answer we cannot use; `kind` is one of: finish, empty, fenced, truncated, invalid_json,
-    off_schema, bad_ranking."""
+    off_schema, bad_ranking, oversized."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(f"{kind}: {message}")
@@ -63,6 +70,9 @@ def check_ranking(ranking: list[int], k: int) -> None:
 def parse_answer(text: str | None, k: int, finish_reason: str | None = None) -> RerankAnswer:
     """A validated answer for `k` candidates, or AnswerFault saying what is wrong with it."""
     text = (text or "").strip()
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_ANSWER_BYTES:
+        raise AnswerFault("oversized", f"answer of {size:,} bytes, more than the {MAX_ANSWER_BYTES:,} allowed")
     if finish_reason not in NORMAL_FINISH and finish_reason not in TRUNCATED_FINISH:
         raise AnswerFault("finish", f"model stopped with finish reason {finish_reason}"
                           + ("" if text else " and no text"))
@@ -84,4 +94,15 @@ def parse_answer(text: str | None, k: int, finish_reason: str | None = None) -> 
         first = e.errors()[0]
         raise AnswerFault("off_schema", f"{'.'.join(map(str, first['loc'])) or 'answer'}: {first['msg']}") from None
     check_ranking(answer.ranking, k)
+    check_sizes(answer, k)
     return answer
+
+
+def check_sizes(answer: RerankAnswer, k: int) -> None:
+    if len(answer.summary_satellite_images) > k:
+        raise AnswerFault("oversized", f"{len(answer.summary_satellite_images)} satellite descriptions for {k} images")
+    fields = {"reason": answer.reason, "summary_ground_image": answer.summary_ground_image,
+              **{f"summary_satellite_images[{i}]": t for i, t in enumerate(answer.summary_satellite_images)}}
+    for name, text in fields.items():
+        if len(text) > MAX_FIELD_CHARS:
+            raise AnswerFault("oversized", f"{name} is {len(text):,} characters, more than {MAX_FIELD_CHARS:,}")

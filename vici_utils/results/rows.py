@@ -14,14 +14,13 @@ from typing import Optional
 import pandas as pd
 
 from ..metrics import METRICS
-from ..run_folder import RERANK, RETRIEVAL, read_manifest
+from ..run_folder import RERANK, RESULTS, RETRIEVAL, read_manifest  # RESULTS: a sweep's rows, outputs/<sweep>/
 from ..model_stats import stats
 from ..params import Params
 from ..paths import outputs_root
 from ..provenance import describe_data, describe_model
 from ..rerank.fusion import FUSIONS
 
-RESULTS = "results.csv"  # written by a sweep in outputs/<sweep>/
 DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model",
              "fusion")  # parameters every row carries as 'param.<key>'
 
