@@ -80,6 +80,11 @@ class Request:
         return h.hexdigest()
 
 
+def image_digest(part: ImagePart) -> str:
+    """An image's identity by content: the same bytes are uploaded once however many requests show them."""
+    return hashlib.sha256(part.data).hexdigest()
+
+
 def image_bytes(path: str, size: int | None) -> ImagePart:
     """The image at `path` as sent to the model. size None: the file's own bytes, unchanged (formats other
     than JPEG, PNG and WebP are re-encoded as JPEG at full size). size N: downscaled so its longer side

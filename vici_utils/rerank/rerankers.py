@@ -68,6 +68,7 @@ class Reranked:
     outcomes: list[QueryOutcome]      # one per row of job.ranking, in order
     model: str                        # what produced the orders (model id, or the re-ranker and its settings)
     stats: Optional[Any] = None       # ask.AskStats for network re-rankers (requests, tokens), else None
+    details: dict = field(default_factory=dict)  # more for metrics.json, under the re-ranker's own keys (batch: jobs)
 
 
 class Reranker(Protocol):
