@@ -6,7 +6,8 @@ Each notebook receives the resolved parameters it declares in its `parameters` c
 notebooks folder as its working directory (as JupyterLab does), and is saved executed to
 outputs/<run_name>/NN_name.ipynb. outputs/<run_name>/run.json records the parameters, code and library
 versions, the device, and each notebook's status and duration, and is rewritten after every notebook so an
-interrupted run still says how far it got.
+interrupted run still says how far it got. Statuses: running, ok, failed, interrupted, and waiting (a batch
+re-ranking job still running on the server; not a failure: the same command collects it later).
 """
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ from .paths import NOTEBOOKS_DIR, REPO_ROOT, run_dir
 from .run_folder import MANIFEST, PARAMS, write_atomic, write_json
 
 KERNEL = "python3"  # jupyter_client maps this to sys.executable: the runner's own environment
+
+# --- batch re-ranking (issue 23): a notebook may end early on purpose, its work going on elsewhere ---------------
+# Notebook 04 in vlm_mode: batch raises rerank.batch.BatchPending while its Batch API job runs on the server. The
+# run then ends with status WAITING (run.json), not "failed": rerunning the same command collects the answers.
+WAITING = "waiting"
+WAITING_ERRORS = {"BatchPending"}  # exception names (the runner imports nothing of the notebooks' code)
 
 
 class RunFailed(RuntimeError):
@@ -201,6 +208,14 @@ def run(params: Params, only: Optional[list[str]] = None, log: Callable[[str], N
             )
         except PapermillExecutionError as e:
             out_sink.close(), err_sink.close()
+            if e.ename in WAITING_ERRORS:
+                entry.update(status=WAITING, duration_s=round(time.time() - t0, 1), waiting=e.evalue)
+                manifest.update(status=WAITING, ended=_now(), duration_s=round(time.time() - t_run, 1))
+                write_json(manifest_path, manifest)
+                log(f"  {book.name} waiting: {e.evalue}")
+                log(f"run '{params.run_name}' is waiting (run.json status '{WAITING}'); run the same command again "
+                    "to go on")
+                return manifest
             entry.update(status="failed", duration_s=round(time.time() - t0, 1),
                          error={"cell": e.cell_index, "execution_count": e.exec_count,
                                 "ename": e.ename, "evalue": e.evalue})
