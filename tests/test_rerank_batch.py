@@ -2,6 +2,7 @@
 (tests/fake_batch_server.py), whose answers come from the same oracle as the interactive tests'."""
 import json
 
+import nbformat
 import pytest
 
 from tests.conftest import VLM_KEY
@@ -236,3 +237,28 @@ def test_batch_mode_needs_the_gemini_backend(tiny, server):
 
 def test_the_runner_knows_the_pending_exception():
     assert runner.WAITING_ERRORS == {BatchPending.__name__}
+
+
+def test_notebook_04_says_waiting_in_one_line_and_a_rerun_collects(tiny, server):
+    """Through the runner: a job still running ends the run with status 'waiting' (not a failure); the same
+    command later collects it and notebook 04 shows the batch price beside the interactive one."""
+    from vici_utils.params import load
+
+    cfg = load(None, {"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
+                      "vlm_rpm": 100000, "vlm_mode": "batch", "vlm_max_fallback_share": 1.0})
+    server.states = ["BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"]
+    lines = []
+    manifest = runner.run(cfg, only=["04"], log=lines.append)
+    [entry] = manifest["notebooks"]
+    assert manifest["status"] == entry["status"] == runner.WAITING and "batches/job1" in entry["waiting"]
+    assert json.loads((tiny / "t" / "run.json").read_text())["status"] == runner.WAITING
+    assert any("waiting" in line and "JOB_STATE_RUNNING" in line for line in lines)
+    nb = nbformat.read(tiny / "t" / "04_rerank.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0]["traceback"] == [entry["waiting"]]  # one line, no traceback
+
+    manifest = runner.run(cfg, only=["04"], log=lines.append)
+    assert manifest["status"] == "ok" and len(server.created) == 1
+    nb = nbformat.read(tiny / "t" / "04_rerank.ipynb", as_version=4)
+    shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "batch price, USD" in shown and "asked interactively" in shown
