@@ -165,7 +165,7 @@ class BatchAsker:
         outcomes = [self.backend._outcome(self.job, q, orders[q], [records[(q, p)] for p in range(len(orders[q]))])
                     for q in orders]
         jobs = [{k: j[k] for k in ("name", "state", "source", "submitted", "request_count", "request_bytes",
-                                   "request_bytes_per_query")} for j in self.book.jobs]
+                                   "request_bytes_per_query", "images_uploaded")} for j in self.book.jobs]
         return Reranked(outcomes, self.backend.model, self.asker.stats, {"batch_jobs": jobs})
 
     def _work(self, deadline: float) -> None:
