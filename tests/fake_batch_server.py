@@ -16,7 +16,7 @@ the same answers. Per job, `states` scripts what successive looks report:
     server.next_states = [[...], [...]]   # for the next jobs created, one list each (then `states`)
     server.reject = "message"             # the next create answers 400 with it
     server.failure = "message"            # a job that ends FAILED says so
-    server.drop = {0}                     # request indices left out of a succeeded job's output
+    server.drop = {0}                     # request indices left out of the next job's output
 """
 from __future__ import annotations
 
@@ -152,9 +152,9 @@ class FakeBatchServer(FakeVLMServer):
 
     def _run(self, job):
         """Each request through this server's own generateContent, as the interactive client would send it."""
-        results = []
+        results, drop, self.drop = [], self.drop, set()
         for i, (key, request) in enumerate(job["requests"]):
-            if i in self.drop:
+            if i in drop:
                 continue
             for part in request["contents"][0]["parts"]:
                 if "fileData" in part:  # a Files API reference: the uploaded bytes, inline (JSON takes either case)

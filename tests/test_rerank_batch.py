@@ -69,7 +69,7 @@ def assert_same_results(outputs, run="t"):
     return mb
 
 
-@pytest.mark.parametrize("inline_mb", [20.0, 0.0], ids=["inline", "file"])
+@pytest.mark.parametrize("inline_mb", [20.0, 0.0, 0.02], ids=["inline", "file", "over_the_inline_limit"])
 def test_a_batch_job_gives_the_interactive_results_at_half_price(tiny, server, inline_mb, capsys):
     inter = interactive(tiny, server)
     result = rerank(config(server, vlm_batch_inline_mb=inline_mb))
@@ -82,7 +82,7 @@ def test_a_batch_job_gives_the_interactive_results_at_half_price(tiny, server, i
     keys = {json.loads(line)["key"] for line in (tiny / "t" / "rerank" / "cache.jsonl").read_text().splitlines()}
     assert set(job["requests"]) == keys
     source = server.created[0]["batch"]["inputConfig"]
-    if inline_mb:
+    if inline_mb == 20:
         assert job["source"] == "inline" and server.uploads == []
         sent = source["requests"]["requests"]
         assert [r["metadata"]["key"] for r in sent] == list(job["requests"])
@@ -143,6 +143,23 @@ def test_an_expired_job_without_retries_left_keeps_the_retrieval_order(tiny, ser
     m = rerank(config(server, vlm_max_retries=0, vlm_max_fallback_share=1.0)).metrics
     assert len(server.created) == 1 and m["counts"]["fallback"] == 4 and m["fallback_reasons"] == {"batch": 4}
     assert m["counts"]["gave_up"] == 4 and m["cost_usd"] == 0
+
+
+def test_a_cancelled_job_gives_what_it_answered_and_the_rest_is_asked_again(tiny, server):
+    interactive(tiny, server)
+    server.next_states = [["BATCH_STATE_CANCELLED"]]
+    server.drop = {0, 2}  # cancelled before these two were answered
+    rerank(config(server))
+    assert [j["request_count"] for j in book(tiny)] == [4, 2] and book(tiny)[0]["state"] == "JOB_STATE_CANCELLED"
+    assert_same_results(tiny)
+
+
+def test_every_job_state_of_the_sdk_is_handled():
+    from google.genai import types
+
+    for state in types.JobState:
+        assert state.name in batch.TERMINAL ^ batch.RUNNING_STATES, f"{state.name}: terminal or not?"
+        assert batch.job_state(state.name.replace("JOB_STATE_", "BATCH_STATE_")) == state.name
 
 
 def test_a_failed_job_names_the_reason_and_a_rerun_submits_again(tiny, server):

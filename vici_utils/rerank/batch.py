@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
@@ -54,6 +55,8 @@ DONE_STATES = {"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
 LOST_STATES = {"JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}  # answers present are read; the rest asked again
 FAILED_STATES = {"JOB_STATE_FAILED"}                        # the server says why: the run stops with that
 TERMINAL = DONE_STATES | LOST_STATES | FAILED_STATES
+RUNNING_STATES = {"JOB_STATE_UNSPECIFIED", "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING",
+                  "JOB_STATE_CANCELLING", "JOB_STATE_PAUSED", "JOB_STATE_UPDATING"}  # look again later
 
 
 class BatchPending(Exception):
@@ -227,53 +230,22 @@ class BatchAsker:
             raise ProtocolError(self.backend.url, response.body or "", "a batch job that is not JSON") from None
         meta = raw.get("metadata") or {}
         error = raw.get("error") or meta.get("error")
-        return Status(job_state(meta.get("state")), meta.get("batchStats") or {},
+        state = job_state(meta.get("state"))
+        if state not in TERMINAL | RUNNING_STATES:
+            log.warning(f"batch job {active['name']} is in state {state}, which this version does not know; "
+                        "treating it as still running")
+        return Status(state, meta.get("batchStats") or {},
                       redact(error.get("message", str(error))) if isinstance(error, dict) else error,
                       meta.get("output") or {})
 
     # --- submitting -------------------------------------------------------------------------------------------
     def _submit(self, keys: list[str]) -> None:
-        types = self.types
-        config = self.backend.config.model_copy(update={"should_return_http_response": None})
+        """One job for these requests, recorded at once; or, found by its display name, the job an earlier run
+        submitted for exactly these requests and was killed before recording."""
         display = "vici-" + hashlib.sha256("\n".join([self.cfg.run_name, *sorted(keys)]).encode()).hexdigest()[:24]
         adopted = self._find(display)
-        source, uris, file_name, sizes = "inline", {}, None, []
-        inlined: list = []
         if adopted is None:
-            limit = self.cfg.vlm_batch_inline_mb * MB
-            lines_path = None
-            for key in keys:
-                request = self.build(self.keys[key])
-                if source == "inline":
-                    entry = types.InlinedRequest(model=self.backend.model, contents=self.backend._contents(request),
-                                                 config=config, metadata={"key": key})
-                    sizes.append(len(json.dumps(self._rest(entry)["request"])))
-                    inlined.append((key, request))
-                    if sum(sizes) <= limit:
-                        continue
-                    source, lines_path = "file", self._lines_file()  # too big inline: every request to the file
-                    sizes, pending = [], inlined
-                    inlined = []
-                else:
-                    pending = [(key, request)]
-                for k, r in pending:
-                    self._upload_images(r, uris)
-                    entry = types.InlinedRequest(model=self.backend.model, contents=self.backend._contents(r, uris),
-                                                 config=config)
-                    line = json.dumps({"key": k, "request": self._rest(entry)["request"]})
-                    sizes.append(len(line) + 1)
-                    with open(lines_path, "a") as f:
-                        f.write(line + "\n")
-            if source == "file":
-                try:
-                    uploaded = self._call("files.upload", lambda: self.client.files.upload(
-                        file=lines_path, config={"mime_type": "jsonl", "display_name": display}))
-                finally:
-                    os.unlink(lines_path)
-                file_name = uploaded.name
-            src = file_name or [types.InlinedRequest(model=self.backend.model,
-                                                     contents=self.backend._contents(r), config=config,
-                                                     metadata={"key": k}) for k, r in inlined]
+            source, src, sizes, uploaded = self._inline(keys) or self._file(keys, display)
             try:
                 created = self._call("batches.create", lambda: self.client.batches.create(
                     model=self.backend.model, src=src, config={"display_name": display}))
@@ -281,16 +253,52 @@ class BatchAsker:
                 raise RerankError(f"the batch job was rejected: {e}") from None
             name, submitted = created.name, (created.create_time or dt.datetime.now(dt.timezone.utc)).isoformat()
         else:
-            name, submitted = adopted
+            (name, submitted), source, src, sizes, uploaded = adopted, "adopted", None, [], 0
             log.warning(f"batch job {name} was submitted by an earlier run that stopped before recording it; "
                         "using it instead of submitting again")
-        per_query = len({self.keys[k][0] for k in keys})
+        queries = len({self.keys[k][0] for k in keys})
         self._record({"name": name, "display_name": display, "status": RUNNING, "state": "JOB_STATE_PENDING",
-                      "source": source if adopted is None else "adopted", "input_file": file_name,
+                      "source": source, "input_file": src if isinstance(src, str) else None,
                       "submitted": submitted, "request_count": len(keys), "request_bytes": sum(sizes),
-                      "request_bytes_per_query": round(sum(sizes) / per_query) if sizes else None,
-                      "images_uploaded": len(uris), "requests": {k: list(self.keys[k]) for k in keys}})
+                      "request_bytes_per_query": round(sum(sizes) / queries) if sizes else None,
+                      "images_uploaded": uploaded, "requests": {k: list(self.keys[k]) for k in keys}})
         log.info(f"batch job {name}: {len(keys)} requests ({source}, {sum(sizes) / MB:.2f} MB) submitted")
+
+    def _config(self):
+        return self.backend.config.model_copy(update={"should_return_http_response": None})
+
+    def _inline(self, keys: list[str]):
+        """("inline", the requests, their sizes, 0) while the whole job stays under vlm_batch_inline_mb, else None."""
+        entries, sizes, limit = [], [], self.cfg.vlm_batch_inline_mb * MB
+        for key in keys:
+            entry = self.types.InlinedRequest(model=self.backend.model, config=self._config(), metadata={"key": key},
+                                              contents=self.backend._contents(self.build(self.keys[key])))
+            sizes.append(len(json.dumps(self._rest(entry)["request"])))
+            if sum(sizes) > limit:
+                return None
+            entries.append(entry)
+        return "inline", entries, sizes, 0
+
+    def _file(self, keys: list[str], display: str):
+        """("file", the uploaded JSONL's name, its line sizes, images uploaded): one line per request, keyed by
+        its answer-store key, each distinct image uploaded once and referenced by URI."""
+        uris, sizes = {}, []
+        fd, path = tempfile.mkstemp(prefix=".batch-input-", suffix=".jsonl", dir=self.job.out_dir)
+        try:
+            with os.fdopen(fd, "w") as lines:
+                for key in keys:
+                    request = self.build(self.keys[key])
+                    self._upload_images(request, uris)
+                    entry = self.types.InlinedRequest(model=self.backend.model, config=self._config(),
+                                                      contents=self.backend._contents(request, uris))
+                    line = json.dumps({"key": key, "request": self._rest(entry)["request"]}) + "\n"
+                    lines.write(line)
+                    sizes.append(len(line))
+            uploaded = self._call("files.upload", lambda: self.client.files.upload(
+                file=path, config={"mime_type": "jsonl", "display_name": display}))
+        finally:
+            os.unlink(path)
+        return "file", uploaded.name, sizes, len(uris)
 
     def _record(self, entry: dict) -> None:
         """Recorded the moment the job exists (a kill before this line: the rerun finds it by display name)."""
@@ -313,14 +321,7 @@ class BatchAsker:
         return _common.encode_unserializable_types(
             _common.convert_to_dict(batches._InlinedRequest_to_mldev(self.client._api_client, entry)))
 
-    def _lines_file(self) -> str:
-        fd, path = tempfile.mkstemp(prefix=".batch-input-", suffix=".jsonl", dir=self.job.out_dir)
-        os.close(fd)
-        return path
-
     def _upload_images(self, request: Request, uris: dict) -> None:
-        import io
-
         for part in request.parts:
             if isinstance(part, ImagePart) and image_digest(part) not in uris:
                 digest = image_digest(part)
