@@ -195,6 +195,12 @@ def test_unusable_answers_are_asked_again_and_equal_the_interactive_run(tiny, se
         "bad_ranking")
 
 
+def test_a_request_the_job_could_not_answer_goes_into_the_follow_up(tiny, server):
+    server.script = ["500"]  # the job's first request fails inside the job: an error entry, no answer
+    m = rerank(config(server)).metrics
+    assert m["counts"]["ok"] == 4 and [j["request_count"] for j in book(tiny)] == [4, 1]
+
+
 def test_a_kill_between_submission_and_recording_finds_the_job_again(tiny, server, monkeypatch):
     """The process dies right after batches.create returned, before batch.json holds the job. The rerun finds
     the job by its display name (a digest of its requests) in batches.list and polls it: never paid twice."""

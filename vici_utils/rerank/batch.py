@@ -339,7 +339,8 @@ class BatchAsker:
                 continue
             entry = answers.get(key)
             if entry is None or "response" not in entry:
-                why = (entry or {}).get("error") or f"no answer in the job (it ended {status.state})"
+                why = ((entry or {}).get("error") or (entry or {}).get("status")
+                       or f"no answer in the job (it ended {status.state})")
                 self.faults[key] = f"batch: {redact(json.dumps(why) if isinstance(why, dict) else str(why))}"
                 continue
             self.asker.stats.sent += 1
@@ -376,7 +377,9 @@ class BatchAsker:
             return found
         inlined = (out.get("inlinedResponses") or {}).get("inlinedResponses") or []
         keys = list(active["requests"])
-        return {(r.get("metadata") or {}).get("key") or keys[i]: r for i, r in enumerate(inlined)}
+        if len(inlined) == len(keys) and not any((r.get("metadata") or {}).get("key") for r in inlined):
+            return dict(zip(keys, inlined))  # no keys echoed: the API keeps the requests' order
+        return {r["metadata"]["key"]: r for r in inlined if (r.get("metadata") or {}).get("key")}
 
     # --- interactive follow-up --------------------------------------------------------------------------------
     def _ask_interactively(self, keys: list[str]) -> None:
