@@ -253,9 +253,10 @@ def test_the_key_and_planted_secrets_reach_no_file(tiny, server, monkeypatch, in
         assert VLM_KEY.encode() not in p.read_bytes() and PLANTED.encode() not in p.read_bytes(), p
 
 
-def test_batch_mode_needs_the_gemini_backend(tiny, server):
-    with pytest.raises(RerankError, match="vlm_mode: batch needs rerank_backend: gemini"):
-        rerank(config(server, rerank_backend="openai", vlm_base_url=server.url + "/v1", vlm_model="qwen2.5-vl"))
+@pytest.mark.parametrize("backend", ["openai", "kreciprocal"])
+def test_batch_mode_needs_the_gemini_backend(tiny, server, backend):
+    with pytest.raises(RerankError, match=f"vlm_mode: batch needs .*rerank_backend: gemini.*not '{backend}'"):
+        rerank(config(server, rerank_backend=backend, vlm_base_url=server.url + "/v1", vlm_model="qwen2.5-vl"))
 
 
 def test_the_runner_knows_the_pending_exception():

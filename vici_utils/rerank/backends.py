@@ -146,6 +146,7 @@ class GeminiBackend(VLMReranker):
     384-px images). On the event loop that would stall every other request's socket I/O, so each call runs
     the SDK's synchronous client in a thread of our own pool instead."""
     name = "gemini"
+    asks_in_batches = True  # vlm_mode: batch (batch.py, the Gemini Batch API)
 
     def __init__(self, cfg):
         from google import genai
@@ -233,9 +234,6 @@ class OpenAIBackend(VLMReranker):
         if not cfg.vlm_base_url:
             raise RerankError("rerank_backend 'openai' needs vlm_base_url, the server's OpenAI-compatible root "
                               "(e.g. http://localhost:8000/v1 for vLLM, http://localhost:11434/v1 for Ollama)")
-        if cfg.vlm_mode == "batch":
-            raise RerankError("vlm_mode: batch needs rerank_backend: gemini (the Gemini Batch API); an "
-                              "OpenAI-compatible server is asked with vlm_mode: interactive")
         base = _checked_base_url(cfg.vlm_base_url, self.name)
         super().__init__(cfg)
         self.model = cfg.vlm_model

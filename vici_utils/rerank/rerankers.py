@@ -94,7 +94,12 @@ def reranker_class(name: str) -> type:
 
 def make_reranker(cfg) -> Reranker:
     """The re-ranker `cfg.rerank_backend`, built (and so validated) from the run's parameters."""
-    return reranker_class(cfg.rerank_backend)(cfg)
+    cls = reranker_class(cfg.rerank_backend)
+    if cfg.vlm_mode == "batch" and not getattr(cls, "asks_in_batches", False):
+        able = [name for name in RERANKERS if getattr(reranker_class(name), "asks_in_batches", False)]
+        raise RerankError(f"vlm_mode: batch needs a re-ranker that can ask in batches (rerank_backend: "
+                          f"{' or '.join(able)}), not '{cfg.rerank_backend}'; use vlm_mode: interactive for it")
+    return cls(cfg)
 
 
 def describe(cfg) -> str:

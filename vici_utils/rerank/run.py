@@ -10,7 +10,7 @@ notebook and the run's manifest fail) and leaves its files in rerank/failed/ for
 Everything is checked before work starts (features, key, server URL, images), and the previous results
 are replaced only by complete new ones: written aside, then swapped in. Written files: answer_fused.txt
 (the `fusion` rule), answer_vlm.txt, reasons.jsonl, metrics.json, and for network backends cache.jsonl
-(every answer, appended as it arrives; see cache.py).
+(every answer, appended as it arrives; see cache.py) and, in vlm_mode: batch, batch.json (the jobs; batch.py).
 """
 from __future__ import annotations
 
