@@ -146,7 +146,6 @@ class GeminiBackend(VLMReranker):
     384-px images). On the event loop that would stall every other request's socket I/O, so each call runs
     the SDK's synchronous client in a thread of our own pool instead."""
     name = "gemini"
-    asks_in_batches = True  # vlm_mode: batch (batch.py, the Gemini Batch API)
 
     def __init__(self, cfg):
         from google import genai
@@ -189,13 +188,6 @@ class GeminiBackend(VLMReranker):
             return Part.from_uri(file_uri=uri, mime_type=p.mime) if uri else Part.from_bytes(data=p.data, mime_type=p.mime)
 
         return [image(p) if isinstance(p, ImagePart) else Part.from_text(text=p) for p in request.parts]
-
-    def rerank(self, job):
-        if self.cfg.vlm_mode == "batch":  # the same requests, answers and store, asked as one Batch API job
-            from .batch import BatchAsker
-
-            return BatchAsker(self, job).rerank()
-        return super().rerank(job)
 
     async def send(self, request: Request) -> Reply:
         import httpx2

@@ -38,7 +38,7 @@ from typing import Optional
 
 from ..run_folder import write_json
 from .ask import Asker, ask_all, run_coroutine
-from .backends import ProtocolError, _fatal_or_transient, _gemini_reply
+from .backends import GeminiBackend, ProtocolError, _fatal_or_transient, _gemini_reply
 from .cache import AnswerCache, request_key
 from .limits import RetryPolicy, TransientError
 from .prompt import ImageEncoder, ImagePart, Request, image_digest
@@ -114,8 +114,16 @@ class JobBook:
         return sum(key in j["requests"] for j in self.jobs if j["status"] == ENDED)
 
 
+class GeminiBatchBackend(GeminiBackend):
+    """rerank_backend: gemini with vlm_mode: batch (rerankers.BATCH_RERANKERS): GeminiBackend's requests, cache
+    key and answer parsing, asked through the Batch API."""
+
+    def rerank(self, job: RerankJob) -> Reranked:
+        return BatchAsker(self, job).rerank()
+
+
 class BatchAsker:
-    """Batch mode of a GeminiBackend (see the module docstring); `rerank()` returns what VLMReranker.rerank does."""
+    """One batch-mode re-ranking (see the module docstring); `rerank()` returns what VLMReranker.rerank does."""
 
     def __init__(self, backend, job: RerankJob):
         self.backend, self.job, self.cfg = backend, job, job.cfg
