@@ -32,6 +32,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -140,12 +141,18 @@ class BatchAsker:
         self.asker = Asker(self.backend, self.cache, self.policy, cfg.vlm_rpm)  # validation, records, stats
         try:
             orders, items, self.build = self.backend.plan(self.job, encoder)
-            # every request is built once to find its key (the key hashes the image bytes); only their
-            # metadata are kept, and the images of requests that go into a new job are built again then
-            self.requests: dict = {}
+            # every request is built once to find its key (the key hashes the image bytes). Without a recorded
+            # job still to collect, those without a usable answer go into a new job: they are kept whole, each
+            # distinct image once; of the others only the metadata are kept.
+            self.requests, self.ready, images = {}, {}, {}
+            submitting = self.book.active() is None
             for item in items:
                 request = self.build(item)
-                self.requests[item] = (request_key(self.backend.settings, request), replace(request, parts=[]))
+                key = request_key(self.backend.settings, request)
+                self.requests[item] = (key, replace(request, parts=[]))
+                if submitting and self.cache.answer(key) is None:
+                    self.ready[key] = replace(request, parts=[images.setdefault(image_digest(p), p)
+                                                              if isinstance(p, ImagePart) else p for p in request.parts])
             self.keys = {key: item for item, (key, _) in self.requests.items()}
             stored_before = {key for key in self.keys if self.cache.answer(key) is not None}
             self.asker.stats.cached = len(stored_before)
@@ -271,6 +278,11 @@ class BatchAsker:
                       "request_bytes_per_query": round(sum(sizes) / queries) if sizes else None,
                       "images_uploaded": uploaded, "requests": {k: list(self.keys[k]) for k in keys}})
         log.info(f"batch job {name}: {len(keys)} requests ({source}, {sum(sizes) / MB:.2f} MB) submitted")
+        self.ready.clear()
+
+    def _request(self, key: str) -> Request:
+        """The whole request (images included): kept from the first pass, or built again (a follow-up)."""
+        return self.ready.get(key) or self.build(self.keys[key])
 
     def _config(self):
         return self.backend.config.model_copy(update={"should_return_http_response": None})
@@ -280,7 +292,7 @@ class BatchAsker:
         entries, sizes, limit = [], [], self.cfg.vlm_batch_inline_mb * MB
         for key in keys:
             entry = self.types.InlinedRequest(model=self.backend.model, config=self._config(), metadata={"key": key},
-                                              contents=self.backend._contents(self.build(self.keys[key])))
+                                              contents=self.backend._contents(self._request(key)))
             sizes.append(len(json.dumps(self._rest(entry)["request"])))
             if sum(sizes) > limit:
                 return None
@@ -289,14 +301,22 @@ class BatchAsker:
 
     def _file(self, keys: list[str], display: str):
         """("file", the uploaded JSONL's name, its line sizes, images uploaded): one line per request, keyed by
-        its answer-store key, each distinct image uploaded once and referenced by URI."""
-        uris, sizes = {}, []
+        its answer-store key, each distinct image uploaded once (vlm_concurrency at a time), referenced by URI."""
+        requests = {key: self._request(key) for key in keys}
+        images = {image_digest(p): p for r in requests.values() for p in r.parts if isinstance(p, ImagePart)}
+
+        def upload(item):
+            digest, part = item
+            return digest, self._call("files.upload", lambda: self.client.files.upload(
+                file=io.BytesIO(part.data), config={"mime_type": part.mime, "display_name": digest[:32]})).uri
+
+        with ThreadPoolExecutor(self.cfg.vlm_concurrency, thread_name_prefix="upload") as pool:
+            uris = dict(pool.map(upload, images.items()))
+        sizes = []
         fd, path = tempfile.mkstemp(prefix=".batch-input-", suffix=".jsonl", dir=self.job.out_dir)
         try:
             with os.fdopen(fd, "w") as lines:
-                for key in keys:
-                    request = self.build(self.keys[key])
-                    self._upload_images(request, uris)
+                for key, request in requests.items():
                     entry = self.types.InlinedRequest(model=self.backend.model, config=self._config(),
                                                       contents=self.backend._contents(request, uris))
                     line = json.dumps({"key": key, "request": self._rest(entry)["request"]}) + "\n"
@@ -328,14 +348,6 @@ class BatchAsker:
 
         return _common.encode_unserializable_types(
             _common.convert_to_dict(batches._InlinedRequest_to_mldev(self.client._api_client, entry)))
-
-    def _upload_images(self, request: Request, uris: dict) -> None:
-        for part in request.parts:
-            if isinstance(part, ImagePart) and image_digest(part) not in uris:
-                digest = image_digest(part)
-                uploaded = self._call("files.upload", lambda: self.client.files.upload(
-                    file=io.BytesIO(part.data), config={"mime_type": part.mime, "display_name": digest[:32]}))
-                uris[digest] = uploaded.uri
 
     # --- collecting -------------------------------------------------------------------------------------------
     def _collect(self, active: dict, status: Status) -> None:
