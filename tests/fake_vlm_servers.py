@@ -76,15 +76,18 @@ class FakeVLMServer:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with server.lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    server.handle(self, body)
+                    server.dispatch(self, "POST", raw)
                 finally:
                     with server.lock:
                         server.in_flight -= 1
+
+            def do_GET(self):
+                server.dispatch(self, "GET", self.rfile.read(int(self.headers.get("Content-Length", 0))))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -103,6 +106,12 @@ class FakeVLMServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def dispatch(self, h: BaseHTTPRequestHandler, method: str, raw: bytes) -> None:
+        """Route one request (tests/fake_batch_server.py adds the Batch and Files APIs)."""
+        if method != "POST":
+            return self._send(h, 404, {"error": {"code": 404, "message": f"no route {h.path}", "status": "NOT_FOUND"}})
+        return self.handle(h, json.loads(raw or b"{}"))
 
     # --- parsing ------------------------------------------------------------------------------------------------
     @staticmethod

@@ -179,6 +179,23 @@ class Params(BaseModel):
                                                                             "the price table (rerank.pricing)")
     vlm_price_out_per_mtok: Optional[float] = Field(None, ge=0, description="USD per million output tokens; None = "
                                                                              "the price table")
+    # Batch mode (rerank.batch): the Gemini Batch API, one job for all requests, half price, resumable by job id
+    vlm_mode: Literal["interactive", "batch"] = Field("interactive", description=(
+        "how a Gemini re-ranker asks: interactive = one request at a time (VICI); batch = one Batch API job for "
+        "every request without a usable stored answer, at the batch price, collected by rerunning notebook 04"))
+    vlm_batch_wait_s: float = Field(0.0, ge=0, description=(
+        "seconds one run waits for its batch job to end; 0 = one look, then the run ends with status 'waiting' "
+        "and a rerun of the same command collects the answers"))
+    vlm_batch_poll_s: float = Field(30.0, gt=0, description="seconds between two looks at a running batch job")
+    vlm_batch_follow_up: Literal["batch", "interactive"] = Field("batch", description=(
+        "where requests go whose batch answer was unusable or missing (within vlm_max_retries): another batch "
+        "job, or interactive requests"))
+    vlm_batch_inline_mb: float = Field(20.0, ge=0, description=(
+        "a batch job whose requests, images included, stay under this many MB is sent inline (the API's limit: "
+        "20); a larger one goes as a JSONL file, each distinct image uploaded once (Files API); 0 = always a file"))
+    vlm_batch_price_factor: float = Field(0.5, ge=0, description=(
+        "batch price as a share of the interactive price (Google: half); applied to the price table or "
+        "vlm_price_*_per_mtok"))
     # One satellite tile and ~4 street photos per building: neighbourhoods are small, so k1 is too
     # (the person re-id default of k1=20, k2=6, lambda=0.3 lowers R@1 on the embedded world).
     kr_k1: int = Field(4, ge=1, description="k-reciprocal: neighbours of each image's reciprocal set")
@@ -228,6 +245,10 @@ class Params(BaseModel):
         if self.fusion == VALIDATION and self.val_fraction == 0:
             raise ValueError(f"fusion: {VALIDATION} chooses the fusion rule on the held-out validation buildings, but "
                              f"val_fraction is 0: set val_fraction > 0, or name a rule ({', '.join(FUSIONS)})")
+        if self.fusion == VALIDATION and self.vlm_mode == "batch":  # the choice would need a job of its own first
+            raise ValueError(f"vlm_mode: batch re-ranks the test queries in one job and cannot choose the fusion rule "
+                             f"on the validation buildings first: name a rule ({', '.join(FUSIONS)}), e.g. "
+                             "--set fusion=weighted (VICI's)")
         return self
 
     @property
@@ -256,8 +277,9 @@ RERANK_KEYS = (
     "rerank_backend", "rerank_top_k", "fusion", "vlm_model", "vlm_base_url", "vlm_concurrency", "vlm_rpm",
     "vlm_permutations", "vlm_image_size", "vlm_media_resolution", "vlm_temperature", "vlm_thinking_budget",
     "vlm_max_retries", "vlm_stop_after_unusable", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries",
-    "vlm_price_in_per_mtok",
-    "vlm_price_out_per_mtok", "kr_k1", "kr_k2", "kr_lambda", "verifier_epochs", "verifier_dim", "verifier_lr",
+    "vlm_price_in_per_mtok", "vlm_price_out_per_mtok", "vlm_mode", "vlm_batch_wait_s", "vlm_batch_poll_s",
+    "vlm_batch_follow_up", "vlm_batch_inline_mb", "vlm_batch_price_factor", "kr_k1", "kr_k2", "kr_lambda",
+    "verifier_epochs", "verifier_dim", "verifier_lr",
 )
 
 

@@ -6,7 +6,9 @@ Each notebook receives the resolved parameters it declares in its `parameters` c
 notebooks folder as its working directory (as JupyterLab does), and is saved executed to
 outputs/<run_name>/NN_name.ipynb. outputs/<run_name>/run.json records the parameters, code and library
 versions, the device, and each notebook's last status and duration (notebooks not run this time keep theirs),
-and is rewritten after every notebook so an interrupted run still says how far it got.
+and is rewritten after every notebook so an interrupted run still says how far it got. Statuses: running, ok,
+failed, interrupted, and waiting (a batch re-ranking job still running on the server; not a failure: the same
+command collects it later).
 
 What holds: the data root's layout and the backbone's name are checked before anything runs; one run at a
 time holds a run folder (a second on the same run_name is refused, naming the first's pid and command); an
@@ -33,6 +35,12 @@ from .run_folder import (MANIFEST, PARAMS, RunFolderBusy, hold, is_disk_full, re
                          write_json)
 
 KERNEL = "python3"  # jupyter_client maps this to sys.executable: the runner's own environment
+
+# --- batch re-ranking (issue 23): a notebook may end early on purpose, its work going on elsewhere ---------------
+# Notebook 04 in vlm_mode: batch raises rerank.batch.BatchPending while its Batch API job runs on the server. The
+# run then ends with status WAITING (run.json), not "failed": rerunning the same command collects the answers.
+WAITING = "waiting"
+WAITING_ERRORS = {"BatchPending"}  # exception names (the runner imports nothing of the notebooks' code)
 
 
 class RunFailed(RuntimeError):
@@ -294,6 +302,15 @@ def _run(params: Params, books: list[Path], out: Path, command: str, log: Callab
             os.replace(running, target)
             target.with_name(f"{target.stem}.failed{target.suffix}").unlink(missing_ok=True)
         except PapermillExecutionError as e:
+            if e.ename in WAITING_ERRORS:  # the notebook said all it can until the batch job ends: keep it
+                os.replace(running, target)
+                entry.update(status=WAITING, duration_s=round(time.time() - t0, 1), waiting=e.evalue)
+                manifest.update(status=WAITING, ended=_now(), duration_s=round(time.time() - t_run, 1))
+                _record(manifest_path, manifest)
+                log(f"  {book.name} waiting: {e.evalue}")
+                log(f"run '{params.run_name}' is waiting (run.json status '{WAITING}'); run the same command again "
+                    "to go on")
+                return manifest
             kept = _settle(running, target, keep_target)
             stop("failed", entry, t0, {"cell": e.cell_index, "execution_count": e.exec_count, "ename": e.ename,
                                         "evalue": e.evalue, "notebook": str(kept)})

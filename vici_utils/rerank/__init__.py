@@ -7,14 +7,15 @@ Modules: rerankers (the re-ranker interface and registry), backends (Gemini, Ope
 (the offline re-ranker), ask (the worker pool of network re-rankers), prompt (what the model is asked and
 shown), schema (the answer and its checks), limits (rate limit, retries), cache (stored answers), fusion (the
 fusion rules), redaction (secrets out of everything shown or written), pricing, run (orchestration), report
-(notebook tables). Names are imported on first use, so image-encoding worker processes import only what they
+(notebook tables), batch (vlm_mode: batch, the Gemini Batch API). Names are imported on first use, so image-encoding worker processes import only what they
 need, and `params` can read the registries without an import circle.
 """
 from importlib import import_module
 
 _EXPORTS = {"run_rerank": "run", "RerankResult": "run", "load_features": "run", "metrics_table": "run",
             "RerankError": "rerankers", "RERANKERS": "rerankers", "make_reranker": "rerankers",
-            "FUSIONS": "fusion", "RetryPolicy": "limits", "redact": "redaction", "redact_url": "redaction"}
+            "FUSIONS": "fusion", "RetryPolicy": "limits", "redact": "redaction", "redact_url": "redaction",
+            "BatchPending": "batch"}
 __all__ = list(_EXPORTS)
 
 

@@ -280,16 +280,13 @@ class VLMReranker:
                               f"{', '.join(map(str, missing[:3]))}. Restore the dataset (data_root) or rerun "
                               "notebook 03_retrieval for this run.")
 
-    def rerank(self, job: RerankJob) -> Reranked:
-        from ..progress import progress as progress_bar
-
+    def plan(self, job: RerankJob, encoder: ImageEncoder):
+        """The run's requests: (orders {query: presented orders}, items [(query, permutation)], build(item) ->
+        Request). Interactive and batch mode (batch.py) ask the same requests."""
         cfg, f, k = job.cfg, job.features, job.k
-        policy = job.retry or RetryPolicy(max_retries=cfg.vlm_max_retries)
-        encoder = ImageEncoder()
-        cache = AnswerCache(job.out_dir / "cache.jsonl")
         paths = self._paths(job)
         orders = {q: permutations(k, cfg.vlm_permutations, cfg.seed, q) for q in paths}
-        jobs = [(q, p) for q in paths for p in range(cfg.vlm_permutations)]
+        items = [(q, p) for q in paths for p in range(cfg.vlm_permutations)]
 
         def build(item):
             q, p = item
@@ -297,7 +294,17 @@ class VLMReranker:
             return build_request(q, f["query_names"][q], paths[q][0], job.candidates(q), candidate_paths,
                                  orders[q][p], p, cfg.vlm_image_size, encoder)
 
-        encoder.plan((path for q, _ in jobs for path in paths[q]), cfg.vlm_image_size)
+        encoder.plan((path for q, _ in items for path in paths[q]), cfg.vlm_image_size)
+        return orders, items, build
+
+    def rerank(self, job: RerankJob) -> Reranked:
+        from ..progress import progress as progress_bar
+
+        cfg = job.cfg
+        policy = job.retry or RetryPolicy(max_retries=cfg.vlm_max_retries)
+        encoder = ImageEncoder()
+        cache = AnswerCache(job.out_dir / "cache.jsonl")
+        orders, jobs, build = self.plan(job, encoder)
         bar = progress_bar(total=len(jobs), desc=f"re-ranking ({self.name} {self.model})",
                            disable=not job.show_progress)
         asker = Asker(self, cache, policy, cfg.vlm_rpm, cfg.vlm_stop_after_unusable)
@@ -320,7 +327,7 @@ class VLMReranker:
             cache.close()
             encoder.close()
         outcomes = [self._outcome(job, q, orders[q], [records[(q, p)] for p in range(len(orders[q]))])
-                    for q in paths]
+                    for q in orders]
         return Reranked(outcomes, self.model, asker.stats)
 
     @staticmethod

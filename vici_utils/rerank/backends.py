@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .ask import VLMReranker
 from .limits import TransientError, server_retry_delay
-from .prompt import PROMPT_VERSION, ImagePart, Request
+from .prompt import PROMPT_VERSION, ImagePart, Request, image_digest
 from .redaction import expand_secret_refs, redact, redact_url, remember_url_credentials
 from .rerankers import RerankError
 from .schema import RerankAnswer, json_schema
@@ -177,10 +177,17 @@ class GeminiBackend(VLMReranker):
                          "media_resolution": cfg.vlm_media_resolution, "image_size": cfg.vlm_image_size,
                          "prompt_version": PROMPT_VERSION, "schema": json_schema()}
 
-    def _contents(self, request: Request):
+    def _contents(self, request: Request, uris: Optional[dict] = None):
+        """The request's parts for the SDK; an image whose bytes `uris` names (batch.image_digest -> Files API
+        URI) is referenced by that URI instead of sent inline."""
         Part = self.types.Part
-        return [Part.from_bytes(data=p.data, mime_type=p.mime) if isinstance(p, ImagePart) else Part.from_text(text=p)
-                for p in request.parts]
+        uris = uris or {}
+
+        def image(p: ImagePart):
+            uri = uris.get(image_digest(p))
+            return Part.from_uri(file_uri=uri, mime_type=p.mime) if uri else Part.from_bytes(data=p.data, mime_type=p.mime)
+
+        return [image(p) if isinstance(p, ImagePart) else Part.from_text(text=p) for p in request.parts]
 
     async def send(self, request: Request) -> Reply:
         import httpx2

@@ -4,6 +4,8 @@ Prices are Google's published paid-tier list prices (USD per 1M tokens, prompts 
 mid-2025; they change, so every figure made from them is labelled an estimate, and the
 vlm_price_in_per_mtok / vlm_price_out_per_mtok parameters override them. Thinking tokens are billed as
 output. Models without a listed price (local servers) cost nothing unless the parameters say otherwise.
+The Batch API (vlm_mode: batch) bills the same tokens at a share of these prices (vlm_batch_price_factor,
+Google's: half); `price_factor` says which share a run pays.
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ def price(model: str, price_in: Optional[float] = None, price_out: Optional[floa
     else:
         source = "no price known for this model (free local server?); set vlm_price_*_per_mtok"
     return p_in or 0.0, p_out or 0.0, source
+
+
+def price_factor(cfg) -> float:
+    """The share of the interactive price a run's tokens are billed at: 1, or vlm_batch_price_factor in batch mode."""
+    return cfg.vlm_batch_price_factor if cfg.vlm_mode == "batch" else 1.0
 
 
 def cost_usd(tokens: dict, p_in: float, p_out: float) -> float:

@@ -81,6 +81,11 @@ class Request:
         return h.hexdigest()
 
 
+def image_digest(part: ImagePart) -> str:
+    """An image's identity by content: the same bytes are uploaded once however many requests show them."""
+    return hashlib.sha256(part.data).hexdigest()
+
+
 def image_bytes(path: str, size: int | None) -> ImagePart:
     """The image at `path` as sent to the model: the pixels the retrieval model sees (u1652.load_image: upright by
     its EXIF orientation, 8-bit RGB). size None: the file's own bytes, unchanged, when they are those pixels (a

@@ -31,6 +31,8 @@ RERANKERS = {  # rerank_backend -> "module:class"
     "openai": "vici_utils.rerank.backends:OpenAIBackend",
     "verifier": "vici_utils.verifier:VerifierReranker",
 }
+# vlm_mode: batch -> the same re-ranker asking through a batch API (the same requests, answers and store)
+BATCH_RERANKERS = {"gemini": "vici_utils.rerank.batch:GeminiBatchBackend"}
 
 
 class RerankError(RuntimeError):
@@ -68,6 +70,7 @@ class Reranked:
     outcomes: list[QueryOutcome]      # one per row of job.ranking, in order
     model: str                        # what produced the orders (model id, or the re-ranker and its settings)
     stats: Optional[Any] = None       # ask.AskStats for network re-rankers (requests, tokens), else None
+    details: dict = field(default_factory=dict)  # more for metrics.json, under the re-ranker's own keys (batch: jobs)
 
 
 class Reranker(Protocol):
@@ -93,6 +96,13 @@ def reranker_class(name: str) -> type:
 
 def make_reranker(cfg) -> Reranker:
     """The re-ranker `cfg.rerank_backend`, built (and so validated) from the run's parameters."""
+    if cfg.vlm_mode == "batch":
+        if cfg.rerank_backend not in BATCH_RERANKERS:
+            raise RerankError(f"vlm_mode: batch needs a re-ranker that can ask in batches (rerank_backend: "
+                              f"{' or '.join(BATCH_RERANKERS)}), not '{cfg.rerank_backend}'; use vlm_mode: "
+                              "interactive for it")
+        module, cls = BATCH_RERANKERS[cfg.rerank_backend].split(":")
+        return getattr(import_module(module), cls)(cfg)
     return reranker_class(cfg.rerank_backend)(cfg)
 
 

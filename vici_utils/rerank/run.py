@@ -11,7 +11,7 @@ Everything is checked before work starts (features, key, server URL, images), an
 are replaced only by complete new ones: written aside, then swapped in. Written files: answer_fused.txt (the
 rule the run reports: the `fusion` parameter's, or with fusion: validation the best on the held-out buildings),
 answer_vlm.txt, reasons.jsonl, metrics.json, and for network backends cache.jsonl (every answer, appended as it
-arrives; see cache.py).
+arrives; see cache.py) and, in vlm_mode: batch, batch.json (the jobs; batch.py).
 """
 from __future__ import annotations
 
@@ -192,6 +192,7 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     status = Counter(o.status for o in outcomes)
     fallback_kinds = Counter(o.answers[0]["fault"].split(":")[0] for o in outcomes if o.status == "fallback")
     p_in, p_out, price_source = pricing.price(model, cfg.vlm_price_in_per_mtok, cfg.vlm_price_out_per_mtok)
+    factor = pricing.price_factor(cfg) if stats else 1.0
     used_tokens = Counter()
     for o in outcomes:
         for a in o.answers:
@@ -222,9 +223,13 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
         "tokens": run_tokens,
         "tokens_answers_used": dict(used_tokens),
         "price_per_mtok": {"input": p_in, "output": p_out, "source": price_source},
-        "cost_usd": pricing.cost_usd(run_tokens, p_in, p_out),
-        "cost_per_1000_queries_usd": pricing.cost_usd(used_tokens, p_in, p_out) / answered * 1000,
+        "mode": cfg.vlm_mode if stats else "offline",
+        "price_factor": factor,
+        "cost_usd": factor * pricing.cost_usd(run_tokens, p_in, p_out),
+        "cost_interactive_usd": pricing.cost_usd(run_tokens, p_in, p_out),  # the same tokens asked one by one
+        "cost_per_1000_queries_usd": factor * pricing.cost_usd(used_tokens, p_in, p_out) / answered * 1000,
         "position_bias": _position_bias(outcomes, gallery_truth, q_ids),
+        **done.details,
     })
     files["metrics.json"] = json.dumps(metrics, indent=2, default=_json_default)
 
