@@ -25,8 +25,8 @@ def server():
 
 
 def config(server, run="t", **kw):
-    raw = {"run_name": run, "fusion": "weighted", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
-           "vlm_rpm": 100000, "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2,
+    raw = {"run_name": run, "fusion": "weighted", "rerank_backend": "gemini", "vlm_base_url": server.url,
+           "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2,
            "vlm_mode": "batch", "vlm_batch_poll_s": 0.01}
     raw.update(kw)
     return validate(raw)
