@@ -138,7 +138,8 @@ def rerank_gains(gains: pd.DataFrame) -> str:
     for name, g in gains.groupby("re-ranker", sort=False):
         if "reported" in g and g["reported"].any():  # the rule the runs report, chosen before the test set
             best = g[g["reported"]].iloc[0]
-            how = f"its reported rule ({best['rule']}, chosen by the {best.get('chosen on', 'parameter')})"
+            on = "on the validation buildings" if best.get("chosen on") == "validation" else "by the fusion parameter"
+            how = f"its reported rule ({best['rule']}, chosen {on})"
         else:
             best = g.loc[g["change"].idxmax()]
             how = f"its best rule ({best['rule']}, the best of {len(g)} after the fact, so this is optimistic)"

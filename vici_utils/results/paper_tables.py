@@ -62,6 +62,7 @@ class Table:
     recipe: str = ""       # what made the rows: epochs and seeds, said against the default recipe when it differs
     source: str = ""       # the file the rows were read from; a record committed to docs/results/ says so
     recorded: bool = False  # read from the committed record, not from runs in this outputs folder
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the rows it was built from (per run, or summary)
 
     @property
     def title(self) -> str:
@@ -100,13 +101,18 @@ def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
 
 # --- the kinds of table -----------------------------------------------------------------------------------------
 
-@table_kind("backbones", "Feature extractors", extra=("backbone", "image px", "params (M)", "GMACs", "dims"),
+# One backbone, as the paper's columns count it (notebook 02's model summary counts both towers and the head).
+PARAMS_M = "params (M, one backbone)"
+GMACS = "GMACs (backbone, per image)"
+
+
+@table_kind("backbones", "Feature extractors", extra=("backbone", "image px", PARAMS_M, GMACS, "dims"),
             paper_extra=("params_M", "flops_G", "dims"))
 def backbone_rows(variants: pd.DataFrame) -> list[dict]:
     """One row per backbone, with its measured size and cost."""
     return [_metric_row(r["label"], r, paper_row=r.get("paper_row") or "", **{
         "backbone": r.get("param.backbone"), "image px": r.get("param.image_size"),
-        "params (M)": r.get("params_M"), "GMACs": r.get("gmacs"), "dims": r.get("dims")})
+        PARAMS_M: r.get("params_M"), GMACS: r.get("gmacs"), "dims": r.get("dims")})
         for _, r in variants.iterrows()]
 
 
@@ -310,7 +316,7 @@ def build_table(results: pd.DataFrame, name: Optional[str] = None, source: str =
     name = name or str(results["sweep"].iloc[0])
     return Table(name, kind_name, table_rows, _provenance(results, variants, swept, source, recorded),
                  list(kind.extra) if len(variants) else [], paper_extra, findings(name, kind_name, results),
-                 recipe(results), source, recorded)
+                 recipe(results), source, recorded, results)
 
 
 def _in_paper_order(tables: list[Table]) -> list[Table]:

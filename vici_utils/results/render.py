@@ -13,12 +13,12 @@ from ..metrics import METRICS, RECALLS
 from ..params import ParamsError
 from ..paths import REPO_ROOT
 from ..run_folder import write_atomic
-from .paper_tables import Table
+from .paper_tables import GMACS, PARAMS_M, Table
 from .rows import RECORDED, find_results, overview, read_rows
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 # decimals per column (-1: as short as exact); the paper's columns as the paper prints them
-DIGITS = {"image px": 0, "params (M)": 1, "GMACs": 3, "dims": 0, "P": -1, "seeds": 0,
+DIGITS = {"image px": 0, PARAMS_M: 1, GMACS: 3, "dims": 0, "P": -1, "seeds": 0,
           "paper params_M": 0, "paper flops_G": 1, "paper dims": 0}
 PAPER_HEADERS = {"paper params_M": "paper's params (M)", "paper flops_G": "paper's FLOPs (G)",
                  "paper dims": "paper's dims"}

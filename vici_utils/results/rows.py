@@ -192,12 +192,14 @@ def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
             diff = g[col] - g["rerank.retrieval.R@1"]
             paired = not is_summary(g) and len(g) > 1
             chosen = g["rerank.chosen_on"].iloc[0] if "rerank.chosen_on" in g else "parameter"
-            rows.append({"re-ranker": g["label"].iloc[0], "rule": rule,
+            backend = g["rerank.backend"].iloc[0] if "rerank.backend" in g else g.get("param.rerank_backend",
+                                                                                            pd.Series([""])).iloc[0]
+            rows.append({"re-ranker": g["label"].iloc[0], "backend": backend, "rule": rule,
                          "retrieval R@1": g["rerank.retrieval.R@1"].mean(), "re-ranked R@1": g[col].mean(),
                          "change": diff.mean(), "change std": diff.std(ddof=1) if paired else math.nan,
                          "seeds": n, "reported": rule == reported_rule(g.iloc[0]),
                          "chosen on": chosen if isinstance(chosen, str) and chosen else "parameter"})
-    return pd.DataFrame(rows, columns=["re-ranker", "rule", "retrieval R@1", "re-ranked R@1", "change",
+    return pd.DataFrame(rows, columns=["re-ranker", "backend", "rule", "retrieval R@1", "re-ranked R@1", "change",
                                        "change std", "seeds", "reported", "chosen on"])
 
 
