@@ -136,18 +136,18 @@ def rerank_gains(gains: pd.DataFrame) -> str:
         return "No re-ranking sweep has finished yet."
     lines = []
     for name, g in gains.groupby("re-ranker", sort=False):
-        if "reported" in g and g["reported"].any():  # the rule the runs report, chosen before the test set
-            best = g[g["reported"]].iloc[0]
+        reported = "reported" in g and g["reported"].any()  # the rule the runs report, chosen before the test set
+        best = g[g["reported"]].iloc[0] if reported else g.loc[g["change"].idxmax()]
+        n = int(best["seeds"])
+        if n < 2:
+            lines.append(f"{name}: its {'reported' if reported else 'best'} rule ({best['rule']}) changed R@1 by "
+                         f"{best['change']:+.2f} points on one seed, which cannot tell an effect from noise.")
+            continue
+        if reported:
             on = "on the validation buildings" if best.get("chosen on") == "validation" else "by the fusion parameter"
             how = f"its reported rule ({best['rule']}, chosen {on})"
         else:
-            best = g.loc[g["change"].idxmax()]
             how = f"its best rule ({best['rule']}, the best of {len(g)} after the fact, so this is optimistic)"
-        n = int(best["seeds"])
-        if n < 2:
-            lines.append(f"{name}: {how} changed R@1 by {best['change']:+.2f} points on one seed, which cannot tell "
-                         "an effect from noise.")
-            continue
         said = (f"{name}: {how} changed R@1 from {_pct(best['retrieval R@1'])} to {_pct(best['re-ranked R@1'])}, "
                 f"{best['change']:+.2f} points")
         if pd.isna(best["change std"]):  # a record of means only: the per-seed pairs are not there

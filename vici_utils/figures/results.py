@@ -117,9 +117,13 @@ def _place_labels(ax, points: list[tuple[float, float, str, str]]) -> None:
                                       fontsize=LEGEND_PT - 1, color=colour).get_window_extent(renderer))
 
 
-def backbone_plot(tables: list[Table], cfg, this_run: Table | None = None, this_run_gmacs: float | None = None):
+def backbone_plot(tables: list[Table], cfg, this_run: Table | None = None):
     """R@1 against forward cost per image (GMACs of the backbone, log scale): each backbone sweep (its recipe in
-    the legend), this run's model when given, and the paper's backbones; point labels placed not to collide."""
+    the legend), this run's model (cfg's backbone) when given, and the paper's backbones; point labels placed not
+    to collide."""
+    from ..model_stats import stats   # measured once per backbone and size, then cached on disk
+
+    this_run_gmacs = stats(cfg.backbone, cfg.image_size)["gmacs"] if this_run is not None else None
     fig, ax = plt.subplots(figsize=(9, 5))
     xs, ys, points = list(paper.BACKBONES["flops_G"].astype(float)), list(paper.BACKBONES["R@1"]), []
     for t, marker in zip(tables, itertools.cycle("ovD^")):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import narrative, paper
+from .. import paper
 from ..metrics import METRICS, RECALLS
 from . import pricing, rerankers
 from .fusion import FUSIONS
@@ -142,31 +142,8 @@ def own_change(result: RerankResult) -> str:
     rule = m["headline"]
     before, after = int((pq["rank_retrieval"] == 1).sum()), int((pq[f"rank_{rule}"] == 1).sum())
     d = after - before
-    change = (f"{d:+d} {'query' if abs(d) == 1 else 'queries'} at rank 1 ({before} -> {after} of {len(pq)}), "
-              f"{m[rule]['R@1'] - m['retrieval']['R@1']:+.2f} points of R@1")
+    queries = (f"{d:+d} {'query' if abs(d) == 1 else 'queries'} at rank 1 ({before} -> {after} of {len(pq)})" if d
+               else f"no query gained or lost rank 1 ({before} of {len(pq)} before and after)")
+    change = f"{queries}, {m[rule]['R@1'] - m['retrieval']['R@1']:+.2f} points of R@1"
     return f"This run's stage 2 ('{rule}'): {change}; AP {m['retrieval']['AP']:.2f} -> {m[rule]['AP']:.2f}."
 
-
-def beside_sweep(result: RerankResult, cfg, tables: list) -> str:
-    """This run's change beside the same re-ranker's paired change over seeds in the re-ranking sweep (a
-    results.Table from outputs/ or the committed record), saying when the sweep used another recipe."""
-    from ..results.rows import rerank_gains
-
-    rule, backend = result.metrics["headline"], cfg.rerank_backend
-    for t in tables:
-        gains = rerank_gains(t.runs)
-        same = gains[(gains["backend"] == backend) & (gains["rule"] == rule)]
-        if same.empty:
-            continue
-        where = f"recorded in {t.source}" if t.recorded else f"in {t.source}"
-        epochs = sorted({int(e) for e in t.runs.get("param.epochs", pd.Series(dtype=float)).dropna()})
-        if epochs and epochs != [cfg.epochs]:
-            budget = (f" Caution: that sweep trained {'/'.join(map(str, epochs))} epochs and this run {cfg.epochs}, "
-                      "so its models start lower and its change is not this run's recipe's.")
-        else:
-            budget = " Same training budget as this run."
-        said = narrative.rerank_gains(same.assign(reported=True)).strip()
-        return f"Over seeds, the `{t.name}` sweep ({where}; {t.recipe}): {said}{budget}"
-    return (f"No re-ranking sweep with '{backend}' and the '{rule}' rule, in this outputs folder or recorded: one "
-            "run's change cannot be told from noise until `python -m vici_utils sweep params/tables/vlms.yaml` "
-            "measures it over seeds.")

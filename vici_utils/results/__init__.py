@@ -9,14 +9,15 @@
 
 The names notebooks 04 and 05 use are importable from here.
 """
+from .findings import beside_sweep
 from .paper_tables import (KINDS, Table, build_table, live_or_recorded, load_sweep_tables, of_kind, recipe,
-                           recorded_tables, table_of_run)
+                           recipe_note, recorded_tables, table_of_run)
 from .render import (display_frame, heading, paper_frame, readme_section, record_sweeps, show, to_markdown,
                      total_run_time, write_readme)
 from .rows import (RECORDED, aggregate_seeds, find_recorded, overview, read_manifest, read_run_folder,
                    recorded_results, rerank_gains, sweep_results)
 
-__all__ = ["KINDS", "Table", "build_table", "live_or_recorded", "load_sweep_tables", "of_kind", "recipe",
+__all__ = ["beside_sweep", "KINDS", "Table", "build_table", "live_or_recorded", "load_sweep_tables", "of_kind", "recipe", "recipe_note",
            "recorded_tables", "table_of_run", "display_frame", "heading", "paper_frame", "readme_section",
            "record_sweeps", "show", "to_markdown", "total_run_time", "write_readme", "RECORDED", "aggregate_seeds",
            "find_recorded", "overview", "read_manifest", "read_run_folder", "recorded_results", "rerank_gains",

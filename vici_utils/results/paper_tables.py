@@ -22,7 +22,7 @@ from ..paths import REPO_ROOT, run_dir
 from ..rerank.fusion import FUSIONS
 from .findings import findings
 from .rows import (RECORDED, aggregate_seeds, find_recorded, find_results, is_summary, read_rows, read_run_folder,
-                   reported_rule)
+                   reported_rule, trained_epochs)
 
 TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
 OWN = ""  # the kind of a sweep with no paper table
@@ -224,8 +224,7 @@ def recipe(results: pd.DataFrame) -> str:
     if ok.empty:
         return ""
     default = Params().epochs
-    trained = ok[ok["model_from"].fillna("") == ""] if "model_from" in ok else ok
-    epochs = sorted({int(e) for e in trained.get("param.epochs", pd.Series(dtype=float)).dropna()})
+    epochs = trained_epochs(ok)
     said = "/".join(map(str, epochs))
     if epochs and epochs != [default]:
         said += f" epochs (the default recipe trains {default})"
@@ -361,3 +360,18 @@ def table_of_run(run_name: str) -> Optional[Table]:
 
 def of_kind(tables: list[Table], kind: str) -> list[Table]:
     return [t for t in tables if t.kind == kind]
+
+
+def recipe_note(tables: list[Table], this_run: Optional[Table] = None) -> str:
+    """One line under a figure of several sources: each one's recipe, and whether they differ (then only the
+    changes within a source compare, not the levels across them)."""
+    shown = [t for t in tables if t.recipe] + ([this_run] if this_run is not None and this_run.recipe else [])
+    if not shown:
+        return "No source to compare yet."
+    said = "; ".join(f"{'this run' if t is this_run else t.name}{' (recorded)' if t.recorded else ''}: {t.recipe}"
+                     for t in shown)
+    epochs = {tuple(trained_epochs(t.runs)) for t in shown}
+    if len(epochs) > 1:
+        return (f"Recipes: {said}. They trained for different numbers of epochs, so their levels differ for that "
+                "reason alone: compare each source's change from its own retrieval bars, not heights across panels.")
+    return f"Recipes: {said}. Same training budget throughout."

@@ -149,6 +149,14 @@ def aggregate_seeds(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trained_epochs(results: pd.DataFrame) -> list[int]:
+    """The training budgets (epochs) of a sweep's finished rows that trained a model (not model_from rows, which
+    evaluate another row's model with epochs 0)."""
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    trained = ok[ok["model_from"].fillna("") == ""] if "model_from" in ok else ok
+    return sorted({int(e) for e in trained.get("param.epochs", pd.Series(dtype=float)).dropna()})
+
+
 def read_rows(path: Path) -> pd.DataFrame:
     """A sweep's collected rows from a CSV file (outputs/<sweep>/results.csv or docs/results/<sweep>.csv)."""
     return pd.read_csv(path)
