@@ -55,7 +55,7 @@ def before_after_plot(result, cfg):
     for i, row in enumerate(rows):
         values = [m[row][k] for k in ks]
         bars = ax.bar(np.arange(len(ks)) + (i - (len(rows) - 1) / 2) * width, values, width,
-                      label=row + (" (headline)" if row == m["headline"] else ""),
+                      label=row + (" (reported)" if row == m["headline"] else ""),
                       color="0.6" if row == "retrieval" else None)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.axhline(m["r_at_k_ceiling"], color="tab:red", ls="--", lw=1, label=f"ceiling: retrieval R@{m['top_k']}")
