@@ -17,8 +17,8 @@ from .render import (display_frame, heading, paper_frame, readme_section, record
 from .rows import (RECORDED, aggregate_seeds, find_recorded, overview, read_manifest, read_run_folder,
                    recorded_results, rerank_gains, sweep_results)
 
-__all__ = ["beside_sweep", "KINDS", "Table", "build_table", "live_or_recorded", "load_sweep_tables", "of_kind", "recipe", "recipe_note",
-           "recorded_tables", "table_of_run", "display_frame", "heading", "paper_frame", "readme_section",
-           "record_sweeps", "show", "to_markdown", "total_run_time", "write_readme", "RECORDED", "aggregate_seeds",
-           "find_recorded", "overview", "read_manifest", "read_run_folder", "recorded_results", "rerank_gains",
-           "sweep_results"]
+__all__ = ["beside_sweep", "KINDS", "Table", "build_table", "live_or_recorded", "load_sweep_tables", "of_kind",
+           "recipe", "recipe_note", "recorded_tables", "table_of_run", "display_frame", "heading", "paper_frame",
+           "readme_section", "record_sweeps", "show", "to_markdown", "total_run_time", "write_readme", "RECORDED",
+           "aggregate_seeds", "find_recorded", "overview", "read_manifest", "read_run_folder", "recorded_results",
+           "rerank_gains", "sweep_results"]
