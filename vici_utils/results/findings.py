@@ -47,8 +47,9 @@ def beside_sweep(rule: str, backend: str, epochs: int, tables: list) -> str:
         where = f"recorded in {t.source}" if t.recorded else f"in {t.source}"
         trained = trained_epochs(t.runs)
         if trained and trained != [epochs]:
+            models = "weaker" if max(trained) < epochs else "differently trained"
             budget = (f" Caution: that sweep trained {'/'.join(map(str, trained))} epochs and this run {epochs}, so "
-                      "it re-ranked weaker models and its change is not what this run's recipe does.")
+                      f"it re-ranked {models} models and its change is not what this run's recipe does.")
         else:
             budget = " Same training budget as this run."
         said = narrative.rerank_gains(same.assign(reported=True)).strip()
