@@ -118,6 +118,7 @@ def test_a_run_is_set_beside_the_sweep_and_a_shorter_recipe_is_named():
     assert "Same training budget" in results.beside_sweep("weighted", "kreciprocal", 16, recorded)
     assert "differently trained models" in results.beside_sweep("weighted", "kreciprocal", 1, recorded)
     assert "weaker models" in said
+    assert "epochs 0: it evaluated a checkpoint" in results.beside_sweep("weighted", "kreciprocal", 0, recorded)
     assert results.beside_sweep("weighted", "gemini", 48, recorded).startswith("No re-ranking sweep with 'gemini'")
     note = results.recipe_note(recorded)
     assert note.startswith("Recipes: vlms (recorded): 16 epochs") and "Same training budget" in note

@@ -46,7 +46,10 @@ def beside_sweep(rule: str, backend: str, epochs: int, tables: list) -> str:
             continue
         where = f"recorded in {t.source}" if t.recorded else f"in {t.source}"
         trained = trained_epochs(t.runs)
-        if trained and trained != [epochs]:
+        if epochs == 0:  # the run evaluated a checkpoint (init_checkpoint) instead of training one
+            budget = (f" This run trained nothing itself (epochs 0: it evaluated a checkpoint); set the sweep's "
+                      f"{'/'.join(map(str, trained)) or '?'} epochs against the recipe that trained that checkpoint.")
+        elif trained and trained != [epochs]:
             models = "weaker" if max(trained) < epochs else "differently trained"
             budget = (f" Caution: that sweep trained {'/'.join(map(str, trained))} epochs and this run {epochs}, so "
                       f"it re-ranked {models} models and its change is not what this run's recipe does.")
