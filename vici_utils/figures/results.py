@@ -160,18 +160,18 @@ def backbone_plot(tables: list[Table], cfg, this_run: Table | None = None):
 
 # --- re-ranking ----------------------------------------------------------------------------------------------
 
-def rerank_plot(tables: list[Table], cfg):
-    """R@k before and after re-ranking, one panel per source with re-ranked rows (its recipe in the title) and
-    the paper's VLM table in greys; one y-range for every panel (0 to at most 100 %), rows named under their
-    bars, one legend for the metrics above the panels."""
+def rerank_plot(tables: list[Table], cfg, this_run: Table | None = None):
+    """R@k before and after re-ranking, one panel per source with re-ranked rows (its recipe in the title), this
+    run's last when given, and the paper's VLM table in greys; one y-range for every panel (0 to at most 100 %),
+    rows named under their bars, one legend for the metrics above the panels."""
     panels, shown = [], []
-    for t in tables:
+    for t in [*tables, *([this_run] if this_run is not None else [])]:
         ours = _ours(t)
         if t.kind != "vlms" and "stage" in ours:  # the variants that were re-ranked: their rows only
             reranked = set(ours.loc[ours["stage"] != "retrieval", "variant"])
             ours = ours[ours["variant"].isin(reranked)]
         if len(ours):
-            panels.append((series_name(t), ours, False))
+            panels.append((f"this run ({t.name}): {t.recipe}" if t is this_run else series_name(t), ours, False))
             shown.append(t)
     panels.append(("paper's (University-1652, published)", paper.VLMS.rename(columns={"vlm": "row"}), True))
     top = _recall_top([v for _, rows, _ in panels for m in RECALLS for v in
@@ -183,7 +183,8 @@ def rerank_plot(tables: list[Table], cfg):
     for ax, (title, rows, is_paper) in zip(axes[0], panels):
         xs = np.arange(len(rows))
         for i, m in enumerate(RECALLS):
-            std = rows[f"{m}_std"].astype(float).fillna(0) if f"{m}_std" in rows else None
+            std = rows[f"{m}_std"].astype(float) if f"{m}_std" in rows else None
+            std = None if std is None or std.isna().all() else std.fillna(0)   # one seed, or the paper's: no bars
             ax.bar(xs + (i - 1) * width, rows[m].astype(float), width, yerr=std, capsize=2,
                    color=PAPER_GREYS[m] if is_paper else COLORS[m], edgecolor="0.2" if is_paper else None, lw=0.5,
                    label=m)

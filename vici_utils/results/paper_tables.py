@@ -225,11 +225,11 @@ def recipe(results: pd.DataFrame) -> str:
         return ""
     default = Params().epochs
     epochs = trained_epochs(ok)
-    said = "/".join(map(str, epochs))
+    said = "/".join(map(str, epochs)) + (" epoch" if epochs == [1] else " epochs")
     if epochs and epochs != [default]:
-        said += f" epochs (the default recipe trains {default})"
+        said += f" (the default recipe trains {default})"
     elif epochs:
-        said += " epochs (the default recipe)"
+        said += " (the default recipe)"
     else:
         said = "epochs not recorded"
     seeds = _seeds(ok)
@@ -365,7 +365,10 @@ def of_kind(tables: list[Table], kind: str) -> list[Table]:
 def recipe_note(tables: list[Table], this_run: Optional[Table] = None) -> str:
     """One line under a figure of several sources: each one's recipe, and whether they differ (then only the
     changes within a source compare, not the levels across them)."""
-    shown = [t for t in tables if t.recipe] + ([this_run] if this_run is not None and this_run.recipe else [])
+    def reranked(t):  # a figure of re-ranking draws only the sources with re-ranked rows
+        return t.kind == "vlms" or ("stage" in t.rows and (t.rows["stage"].fillna("retrieval") != "retrieval").any())
+
+    shown = [t for t in [*tables, this_run] if t is not None and t.recipe and reranked(t)]
     if not shown:
         return "No source to compare yet."
     said = "; ".join(f"{'this run' if t is this_run else t.name}{' (recorded)' if t.recorded else ''}: {t.recipe}"
