@@ -81,10 +81,19 @@ def test_missing_or_incomplete_features_are_named(outputs):
 def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
     monkeypatch.setenv("VICI_HEADLESS", "1")
     write_tiny_run(outputs, "nb04", buildings=12, queries_per_building=3, distractors=3)
-    text, images = execute("04_rerank.ipynb", tmp_path / "04.ipynb", run_name="nb04", rerank_backend="kreciprocal")
+    text, images = execute("04_rerank.ipynb", tmp_path / "04.ipynb", run_name="nb04", rerank_backend="kreciprocal",
+                           fusion="weighted")
     assert images >= 4
     assert "different data" in text and "k-reciprocal" in text
     assert (outputs / "nb04" / "rerank" / "metrics.json").is_file()
+    m = json.loads((outputs / "nb04" / "rerank" / "metrics.json").read_text())
+    assert "This run re-ranked with k-reciprocal" in text and "lower meaning closer" in text, \
+        "the re-ranker the run used, and how to read its reasons"
+    assert "The rule this run reports is 'weighted', set by the fusion parameter" in text
+    assert "rank 1 (" in text and f"{m['weighted']['R@1'] - m['retrieval']['R@1']:+.2f} points of R@1" in text, \
+        "the run's own stage-2 change, in queries and points"
+    assert "Over seeds, the `vlms` sweep (recorded in docs/results/vlms.csv; 16 epochs" in text
+    assert "Caution: that sweep trained 16 epochs and this run 48" in text, "a shorter recipe is never unlabelled"
 
 
 # --- fusion: validation (issue 19): the reported rule is chosen on the held-out buildings, never on test -----------

@@ -28,8 +28,13 @@ def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
     assert "paper&#x27;s R@1" in text or "paper's R@1" in text
     assert "27.49" in text and "24.47" in text, "the paper's drone-rate rows stand beside ours"
     assert "cpu (2 cores)" in text and "embedded world" in text, "which data and hardware the rows ran on"
-    assert "mine + kreciprocal re-rank (weighted)" in text and "15.50" in text, "this run's own re-ranked row"
-    assert "no backbones sweep yet" in text
+    assert "mine + kreciprocal re-rank (weighted, reported)" in text and "15.50" in text, \
+        "this run's own re-ranked rows, the reported rule marked"
+    assert "mine + kreciprocal re-rank (vlm)" in text, "every rule of this run, not only the reported one"
+    assert "Feature extractors: `backbones` (recorded in docs/results/backbones.csv; 16/40 epochs (the default " \
+           "recipe trains 48)" in text, "no backbones sweep here: the committed record, with its recipe"
+    assert "tiny_drone" in text and "recorded in docs/results/drone_rate.csv" not in text, \
+        "a sweep of this outputs folder replaces the record of its kind"
     assert "All sweeps together: 4 distinct runs, 12 min of run time" in text
     assert images == 3, "backbone cost, re-ranking and drone-rate figures"
 
@@ -38,5 +43,8 @@ def test_notebook_05_runs_with_no_results_at_all(outputs, tmp_path):
     text, images = _execute(tmp_path / "out.ipynb")
     assert "sweeps found: none yet" in text and "no metrics under outputs/default/" in text
     assert "no finished sweep run yet" in text
-    assert "paper's R@1" in text and "63.13" in text, "the paper's tables are shown alone, marked as the paper's"
+    assert "paper's R@1" in text and "63.13" in text, "the paper's numbers beside the recorded rows"
+    for name in ("backbones", "vlms", "drone_rate", "drone_rate_long", "ablation", "drone_views"):
+        assert f"`{name}` (recorded in docs/results/{name}.csv;" in text, f"{name}: recorded, with its recipe"
+    assert "16 epochs (the default recipe trains 48)" in text and "48 epochs (the default recipe)" in text
     assert images == 3

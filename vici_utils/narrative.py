@@ -105,20 +105,26 @@ def variant_difference(results: pd.DataFrame, a: str, b: str, what: str, note: s
     confidence interval (Welch) and whether the interval excludes zero. `results`: a sweep's results.csv rows
     (columns variant, status, R@1)."""
     ok = results[results["status"] == "ok"] if "status" in results else results
-    runs = {v: ok.loc[ok["variant"] == v, "R@1"].dropna().to_numpy() if "variant" in ok else np.array([])
-            for v in (a, b)}
-    x, y = runs[a], runs[b]
-    if not len(x) or not len(y):
+
+    def summary(v):  # mean, sample variance, number of seeds; a summary row (column n) already holds them
+        g = ok[ok["variant"] == v] if "variant" in ok else ok.iloc[:0]
+        if "n" in g and len(g):
+            return float(g["R@1"].iloc[0]), float(g["R@1_std"].iloc[0]) ** 2, int(g["n"].iloc[0])
+        x = g["R@1"].dropna().to_numpy() if len(g) else np.array([])
+        return (x.mean() if len(x) else math.nan), (x.var(ddof=1) if len(x) > 1 else math.nan), len(x)
+
+    (mx, sx, nx), (my, sy, ny) = summary(a), summary(b)
+    if not nx or not ny:
         return f"{what}: no finished runs of both '{a}' and '{b}' in this outputs folder yet."
-    diff = y.mean() - x.mean()
-    if len(x) < 2 or len(y) < 2:
-        return (f"{what}: {diff:+.2f} points of R@1 from {len(x)} and {len(y)} run(s); one seed cannot tell an "
+    diff = my - mx
+    if nx < 2 or ny < 2:
+        return (f"{what}: {diff:+.2f} points of R@1 from {nx} and {ny} run(s); one seed cannot tell an "
                 "effect from noise: run more seeds.")
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    vx, vy = sx / nx, sy / ny
     se = math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if se > 0 else len(x) + len(y) - 2
+    df = (vx + vy) ** 2 / (vx ** 2 / (nx - 1) + vy ** 2 / (ny - 1)) if se > 0 else nx + ny - 2
     lo, hi, p = _interval(diff, se, df)
-    return (f"{what}: {diff:+.2f} points of R@1 ({y.mean():.2f} against {x.mean():.2f}, {len(y)} and {len(x)} seeds; "
+    return (f"{what}: {diff:+.2f} points of R@1 ({my:.2f} against {mx:.2f}, {ny} and {nx} seeds; "
             f"95 % confidence interval {lo:+.2f} to {hi:+.2f}, Welch's t-test p = {p:.2g}): "
             f"{_verdict(lo, hi, 'effect')}." + (f" {note}" if note else ""))
 
@@ -130,16 +136,26 @@ def rerank_gains(gains: pd.DataFrame) -> str:
         return "No re-ranking sweep has finished yet."
     lines = []
     for name, g in gains.groupby("re-ranker", sort=False):
-        best = g.loc[g["change"].idxmax()]
+        reported = "reported" in g and g["reported"].any()  # the rule the runs report, chosen before the test set
+        best = g[g["reported"]].iloc[0] if reported else g.loc[g["change"].idxmax()]
         n = int(best["seeds"])
         if n < 2:
-            lines.append(f"{name}: its best rule ({best['rule']}) changed R@1 by {best['change']:+.2f} points on one "
-                         "seed, which cannot tell an effect from noise.")
+            lines.append(f"{name}: its {'reported' if reported else 'best'} rule ({best['rule']}) changed R@1 by "
+                         f"{best['change']:+.2f} points on one seed, which cannot tell an effect from noise.")
+            continue
+        if reported:
+            on = "on the validation buildings" if best.get("chosen on") == "validation" else "by the fusion parameter"
+            how = f"its reported rule ({best['rule']}, chosen {on})"
+        else:
+            how = f"its best rule ({best['rule']}, the best of {len(g)} after the fact, so this is optimistic)"
+        said = (f"{name}: {how} changed R@1 from {_pct(best['retrieval R@1'])} to {_pct(best['re-ranked R@1'])}, "
+                f"{best['change']:+.2f} points")
+        if pd.isna(best["change std"]):  # a record of means only: the per-seed pairs are not there
+            lines.append(f"{said} (difference of the means over {n} seeds; the record keeps no per-seed pairs, so "
+                         "no paired interval).")
             continue
         lo, hi, p = _interval(best["change"], best["change std"] / math.sqrt(n), n - 1)
         effect = "gain" if best["change"] > 0 else "loss"
-        lines.append(f"{name}: its best rule ({best['rule']}, the best of {len(g)} after the fact, so this is "
-                     f"optimistic) changed R@1 from {_pct(best['retrieval R@1'])} to {_pct(best['re-ranked R@1'])}, "
-                     f"{best['change']:+.2f} points (mean of {n} seeds' paired differences; 95 % confidence interval "
-                     f"{lo:+.2f} to {hi:+.2f}, p = {p:.2g}): {_verdict(lo, hi, effect)}.")
+        lines.append(f"{said} (mean of {n} seeds' paired differences; 95 % confidence interval {lo:+.2f} to "
+                     f"{hi:+.2f}, p = {p:.2g}): {_verdict(lo, hi, effect)}.")
     return "\n".join(lines)

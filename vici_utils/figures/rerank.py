@@ -6,12 +6,33 @@ from io import BytesIO
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from ..rerank.fusion import FUSIONS
 from ..rerank.report import describe_reranker
 from ..u1652 import load_image
 from . import describe_model, framed, stamp
+
+
+REASON_CHARS = 230   # the most characters of free text (a re-ranker's reason, a model's answer) a figure draws
+PROMPT_PT = 8.5      # the request sheet's prompt: readable without zooming
+
+
+def bounded(text, most: int = REASON_CHARS) -> str:
+    """Free text to draw in a figure, cut to at most `most` characters on a word boundary: a model's answer can
+    be any length, and a figure must not grow with it."""
+    return textwrap.shorten(" ".join(str(text).split()), most, placeholder=" ...")
+
+
+def readable_on(rgb) -> str:
+    """Black or white, whichever reads better on a cell of colour `rgb` (relative luminance, WCAG)."""
+    def linear(c):
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in to_rgb(rgb))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
 
 
 def _model(cfg) -> str:
@@ -34,13 +55,14 @@ def before_after_plot(result, cfg):
     for i, row in enumerate(rows):
         values = [m[row][k] for k in ks]
         bars = ax.bar(np.arange(len(ks)) + (i - (len(rows) - 1) / 2) * width, values, width,
-                      label=row + (" (headline)" if row == m["headline"] else ""),
+                      label=row + (" (reported)" if row == m["headline"] else ""),
                       color="0.6" if row == "retrieval" else None)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.axhline(m["r_at_k_ceiling"], color="tab:red", ls="--", lw=1, label=f"ceiling: retrieval R@{m['top_k']}")
     ax.set(xticks=range(len(ks)), xticklabels=ks, ylabel="%", ylim=(0, 100),
            title=f"before and after re-ranking the top {m['top_k']} ({m['queries_reranked']} queries)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    # inside the axes, between the R@1 bars and the ceiling line (R@1 cannot pass the ceiling)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, max(m["r_at_k_ceiling"] / 100 - 0.03, 0.45)))
     return _finish(fig, cfg)
 
 
@@ -82,7 +104,7 @@ def wins_and_losses(result, cfg, n: int = 2):
             correct = feats["gallery_ids"][g_index[name]] == truth
             framed(axes[r][c + 1], load_image(feats["gallery_paths"][g]), f"{c + 1} (ret. {was}, re-r. {own})",
                    "tab:green" if correct else "none")
-        note = textwrap.shorten(o.note, 230, placeholder=" ...")
+        note = bounded(o.note)
         axes[r][0].text(0, -0.22, textwrap.fill(f"re-ranker's own order, before fusion: {note}", 150),
                         transform=axes[r][0].transAxes, fontsize=7, va="top", ha="left")
     fig.suptitle(f"wins and losses of '{rule}': candidates in the fused order, with their retrieval rank (ret.) "
@@ -121,39 +143,53 @@ def rank_moves(result, cfg):
     inside = df[(df["rank_retrieval"] > 0) & (df["rank_retrieval"] <= k)]
     grid = np.zeros((k, k), dtype=int)
     np.add.at(grid, (inside["rank_retrieval"] - 1, inside[f"rank_{rule}"] - 1), 1)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(np.log1p(grid), cmap="Blues")
-    for i, j in zip(*np.nonzero(grid)):
-        ax.text(j, i, grid[i, j], ha="center", va="center", fontsize=7)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    image = ax.imshow(np.log1p(grid), cmap="Blues")
+    for i, j in zip(*np.nonzero(grid)):   # each count in the colour that reads on its cell
+        ax.text(j, i, grid[i, j], ha="center", va="center", fontsize=8,
+                color=readable_on(image.cmap(image.norm(np.log1p(grid[i, j])))))
     ticks = np.arange(k)
     ax.set(xticks=ticks, xticklabels=ticks + 1, yticks=ticks, yticklabels=ticks + 1, xlabel=f"rank after '{rule}'",
            ylabel="rank after retrieval", title="true match: before -> after\n(below the diagonal = moved up)")
     return _finish(fig, cfg)
 
 
-def request_sheet(request, cfg, answer: dict | None = None):
+def request_sheet(request, cfg, answer: dict | None = None, true_candidate: int | None = None):
     """One re-ranking request as the model receives it: the prompt's text, the ground photo and the numbered
-    satellite images in the order sent (thumbnails of the bytes actually sent), and the parsed answer below."""
+    satellite images in the order sent (thumbnails of the bytes actually sent), and the parsed answer below.
+    true_candidate: the number (1-based, as presented) of the true tile, framed in green so a reader can judge
+    the answer (the model is never told)."""
     images = [p for p in request.parts if not isinstance(p, str)]
     k = len(images) - 1
     cols = min(k + 1, 6)
     rows = -(-(k + 1) // cols)  # rows of thumbnails
-    fig = plt.figure(figsize=(1.9 * cols, 1.75 * rows + 1.9))
-    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.0] + [1] * rows)
+    texts = [p for p in request.parts if isinstance(p, str)]
+    width = 1.9 * cols
+    chars = int(width * 72 / (0.6 * PROMPT_PT)) - 4   # monospace: a character is about 0.6 em wide
+    shown = textwrap.fill(texts[0], chars) + "\n\n" + textwrap.fill(texts[-1].replace("\n", " "), chars)
+    text_h = (shown.count("\n") + 1) * PROMPT_PT * 1.25 / 72 + 0.1
+    said = ""
+    if answer:
+        said = textwrap.fill("answer as parsed: " + "; ".join(
+            f"{key}: {bounded(v) if key == 'reason' else v}" for key, v in answer.items()), 150)
+    answer_h = (said.count("\n") + 1) * 8 * 1.3 / 72 + 0.15 if said else 0.0
+    fig = plt.figure(figsize=(width, 1.75 * rows + text_h + answer_h + 0.5))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[text_h] + [1.75] * rows)
     text_ax = fig.add_subplot(grid[0, :])
     text_ax.axis("off")
-    texts = [p for p in request.parts if isinstance(p, str)]
-    shown = textwrap.fill(texts[0], 150) + "\n\n" + textwrap.fill(texts[-1].replace("\n", " "), 150)
-    text_ax.text(0, 1, shown, fontsize=6.5, va="top", ha="left", family="monospace")
+    text_ax.text(0, 1, shown, fontsize=PROMPT_PT, va="top", ha="left", family="monospace")
     for i, part in enumerate(images):
         label = "Ground photo" if i == 0 else f"Satellite image {i}"
+        true = i == true_candidate
         framed(fig.add_subplot(grid[1 + i // cols, i % cols]), Image.open(BytesIO(part.data)).convert("RGB"),
-               f"{label}\n{len(part.data) / 1024:.0f} KB {part.mime.split('/')[-1]}")
-    if answer:
-        fig.text(0.01, 0.01, textwrap.fill("answer as parsed: " + "; ".join(f"{k}: {v}" for k, v in answer.items()),
-                                           170), fontsize=7, va="bottom")
-    fig.suptitle(f"one request: query {request.query_name}, {k} candidates in retrieval order", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+               f"{label}{' (true tile)' if true else ''}\n{len(part.data) / 1024:.0f} KB {part.mime.split('/')[-1]}",
+               "tab:green" if true else ("tab:blue" if i == 0 else None))
+    if said:
+        fig.text(0.01, 0.01, said, fontsize=8, va="bottom")
+    truth = (f"; true tile: {true_candidate}, framed in green" if true_candidate
+             else "; the true tile is not among them")
+    fig.suptitle(f"one request: query {request.query_name}, {k} candidates in retrieval order{truth}", fontsize=10)
+    fig.tight_layout(rect=(0, answer_h / fig.get_figheight(), 1, 0.97))
     return stamp(fig, cfg, model=_model(cfg))
 
 

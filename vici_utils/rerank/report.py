@@ -4,12 +4,22 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import paper
+from ..metrics import METRICS, RECALLS
 from . import pricing, rerankers
 from .fusion import FUSIONS
 from .prompt import ImageEncoder, Request, build_request
 from .run import RerankResult
 
-COLUMNS = ["R@1", "R@5", "R@10"]
+# What a re-ranker's reason string means, for the re-rankers whose reasons are not a model's own words.
+REASONS = {
+    "kreciprocal": "k-reciprocal's reason names the candidate it put first and two distances of that tile from the "
+                   "query, lower meaning closer: the k-reciprocal distance it sorted by (a mix of the Jaccard distance "
+                   "between the two images' sets of mutual nearest neighbours and the embedding distance, weighted "
+                   "by lambda) and the original embedding distance alone (scaled to 0-1 per image); when it moved a "
+                   "tile above retrieval's first choice, the same two numbers for retrieval #1 follow in brackets.",
+    "verifier": "the learned verifier's reason gives its match score for the candidate it put first against its "
+                "score for retrieval's first candidate (higher meaning a better match).",
+}
 
 
 def rule_label(rule: str) -> str:
@@ -26,10 +36,10 @@ def before_after(result: RerankResult, cfg) -> pd.DataFrame:
     """Our rows (retrieval and every fusion rule) and, on University-1652, the paper's rows beside them."""
     reported = result.metrics["headline"]  # the fusion parameter's rule, or the one chosen on validation
     ours = pd.DataFrame([{"source": "this run", "ranking": rule_label(r) + (" *" if r == reported else ""),
-                          **{c: result.metrics[r][c] for c in COLUMNS}} for r in ("retrieval", *FUSIONS)])
+                          **{c: result.metrics[r][c] for c in METRICS}} for r in ("retrieval", *FUSIONS)])
     if cfg.is_embedded:
         return ours.round(2)
-    theirs = pd.DataFrame([{"source": "VICI paper", "ranking": row.vlm, **{c: row[c] for c in COLUMNS}}
+    theirs = pd.DataFrame([{"source": "VICI paper", "ranking": row.vlm, **{c: row[c] for c in RECALLS}}
                            for _, row in paper.VLMS.iterrows()])
     return pd.concat([ours, theirs], ignore_index=True).round(2)
 
@@ -93,3 +103,48 @@ def parsed_answer(result: RerankResult, q: int) -> dict:
     answer = o.answers[0] if o.answers else {}
     return {"answered by": answer.get("model_version") or result.metrics["model"], "status": o.status,
             "ranking (candidate numbers, best first)": [i + 1 for i in o.order], "reason": o.note}
+
+
+def true_candidate(result: RerankResult, q: int) -> int | None:
+    """The number (1-based, in retrieval order as presented) of query q's true tile among its K candidates, or
+    None when it is not in the shortlist."""
+    rank = int(result.per_query["rank_retrieval"].iloc[q])
+    return rank if 0 < rank <= result.metrics["top_k"] else None
+
+
+def how_it_reasons(cfg) -> str:
+    """One sentence on what this run's re-ranker is and how to read its reasons."""
+    name = cfg.rerank_backend
+    if rerankers.sees_order(name):
+        guide = ("a vision-language model answered: its reason is its own explanation of its first choice, in its "
+                 "own words (cut short in the figures).")
+    else:
+        guide = REASONS.get(name, "its reason is the note it wrote for its first choice.")
+    return f"This run re-ranked with {describe_reranker(cfg)}; {guide}"
+
+
+def chosen_rule(metrics: dict) -> str:
+    """Which fusion rule the run reports and how it was chosen: on the validation buildings (metrics.json's
+    'fusion_chosen') or by the fusion parameter; never after the fact on the test set."""
+    rule = metrics["headline"]
+    chosen = metrics.get("fusion_chosen") or {}
+    if chosen.get("on") == "validation" and chosen.get("validation"):
+        scores = ", ".join(f"{r} {v['R@1']:.1f}" for r, v in chosen["validation"].items())
+        how = f"chosen on the held-out validation buildings (R@1 there: {scores}), before the test set was scored"
+    else:
+        how = "set by the fusion parameter before the run, not picked from the test numbers"
+    return (f"The rule this run reports is '{rule}', {how}. The other rules' test numbers are shown for "
+            "comparison only: picking the best of them after seeing the test set would flatter the result.")
+
+
+def own_change(result: RerankResult) -> str:
+    """The reported rule's change of R@1 on this run, in queries as well as points."""
+    m, pq = result.metrics, result.per_query
+    rule = m["headline"]
+    before, after = int((pq["rank_retrieval"] == 1).sum()), int((pq[f"rank_{rule}"] == 1).sum())
+    d = after - before
+    queries = (f"{d:+d} {'query' if abs(d) == 1 else 'queries'} at rank 1 ({before} -> {after} of {len(pq)})" if d
+               else f"no query gained or lost rank 1 ({before} of {len(pq)} before and after)")
+    change = f"{queries}, {m[rule]['R@1'] - m['retrieval']['R@1']:+.2f} points of R@1"
+    return f"This run's stage 2 ('{rule}'): {change}; AP {m['retrieval']['AP']:.2f} -> {m[rule]['AP']:.2f}."
+

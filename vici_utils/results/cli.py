@@ -1,10 +1,13 @@
-"""The paper's tables, regenerated: read run folders and sweep results, average seeds, set our rows beside
-the paper's published numbers, and write the README results section.
+"""The paper's tables, regenerated: record every finished sweep's rows as committed data, then write the README
+results section from that record.
 
-    python -m vici_utils results [--readme README.md] [--print]
+    python -m vici_utils results [--readme README.md] [--print] [--no-record]
 
-Our numbers always come from outputs/ (run manifests, metrics.json files, sweeps' results.csv); the paper's
-from vici_utils.paper, always labelled as the paper's. Nothing here is typed by hand.
+Step 1 copies outputs/<sweep>/results.csv (the rows a sweep collected from its run folders: metrics, recipe,
+seed, code version, hardware, dates) to docs/results/<sweep>.csv. Step 2 builds every table from
+docs/results/*.csv, sets the paper's published numbers beside ours (always labelled as the paper's) and writes
+the section between README.md's results markers. Notebooks 04 and 05 read the same files through the same
+loader (results.recorded_tables) when their outputs folder has no sweep. Nothing here is typed by hand.
 """
 from __future__ import annotations
 
@@ -15,17 +18,27 @@ from typing import Optional
 
 from ..params import ParamsError
 from ..paths import REPO_ROOT
-from .paper_tables import load_sweep_tables
-from .render import readme_section, total_run_time, write_readme
+from .paper_tables import recorded_tables
+from .render import readme_section, record_sweeps, total_run_time, write_readme
+from .rows import RECORDED, find_recorded
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vici_utils results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="the README to update")
+    parser.add_argument("--record", default=str(RECORDED), help="the folder of the committed record")
     parser.add_argument("--print", action="store_true", help="print the section instead of writing it")
+    parser.add_argument("--no-record", action="store_true", help="leave the record as it is (README only)")
     args = parser.parse_args(argv)
-    text = readme_section(load_sweep_tables(), cost=total_run_time())
+    record = Path(args.record)
+    if not args.no_record:
+        written, skipped = record_sweeps(folder=record)
+        for path in written:
+            print(f"recorded {path}")
+        for line in skipped:
+            print(line)
+    text = readme_section(recorded_tables(record), cost=total_run_time(paths=find_recorded(record)))
     if args.print:
         print(text)
         return 0

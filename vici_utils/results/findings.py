@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import narrative
-from .rows import rerank_gains
+from .rows import rerank_gains, trained_epochs
 
 # sweep name (or table kind) -> (variant a, variant b, what "b minus a" measures, a note)
 COMPARISONS: dict[str, list[tuple[str, str, str, str]]] = {
@@ -33,3 +33,30 @@ def findings(name: str, kind: str, results: pd.DataFrame) -> list[str]:
     if len(gains):
         out += narrative.rerank_gains(gains).splitlines()
     return out
+
+
+def beside_sweep(rule: str, backend: str, epochs: int, tables: list) -> str:
+    """A run's re-ranking (fusion `rule` of re-ranker `backend`, trained `epochs`) beside the same re-ranker's change
+    over seeds in a re-ranking sweep (results.Table objects, from outputs/ or the committed record), saying when
+    the sweep used another recipe."""
+    for t in tables:
+        gains = rerank_gains(t.runs)
+        same = gains[(gains["backend"] == backend) & (gains["rule"] == rule)]
+        if same.empty:
+            continue
+        where = f"recorded in {t.source}" if t.recorded else f"in {t.source}"
+        trained = trained_epochs(t.runs)
+        if epochs == 0:  # the run evaluated a checkpoint (init_checkpoint) instead of training one
+            budget = (f" This run trained nothing itself (epochs 0: it evaluated a checkpoint); set the sweep's "
+                      f"{'/'.join(map(str, trained)) or '?'} epochs against the recipe that trained that checkpoint.")
+        elif trained and trained != [epochs]:
+            models = "weaker" if max(trained) < epochs else "differently trained"
+            budget = (f" Caution: that sweep trained {'/'.join(map(str, trained))} epochs and this run {epochs}, so "
+                      f"it re-ranked {models} models and its change is not what this run's recipe does.")
+        else:
+            budget = " Same training budget as this run."
+        said = narrative.rerank_gains(same.assign(reported=True)).strip()
+        return f"Over seeds, the `{t.name}` sweep ({where}; {t.recipe}): {said}{budget}"
+    return (f"No re-ranking sweep with '{backend}' and the '{rule}' rule, in this outputs folder or recorded: one "
+            "run's change cannot be told from noise until `python -m vici_utils sweep params/tables/vlms.yaml` "
+            "measures it over seeds.")

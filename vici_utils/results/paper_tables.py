@@ -15,12 +15,14 @@ from typing import Callable, Optional
 import pandas as pd
 
 from .. import paper
-from ..metrics import RECALLS
+from ..metrics import METRICS, RECALLS
+from ..params import Params
 from ..rerank.rerankers import sees_order
-from ..paths import run_dir
+from ..paths import REPO_ROOT, run_dir
 from ..rerank.fusion import FUSIONS
 from .findings import findings
-from .rows import aggregate_seeds, find_results, read_run_folder
+from .rows import (RECORDED, aggregate_seeds, find_recorded, find_results, is_summary, read_rows, read_run_folder,
+                   reported_rule, trained_epochs)
 
 TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
 OWN = ""  # the kind of a sweep with no paper table
@@ -57,6 +59,10 @@ class Table:
     extra: list[str] = field(default_factory=list)        # columns between the row label and the metrics
     paper_extra: list[str] = field(default_factory=list)  # the paper's own extra columns
     findings: list[str] = field(default_factory=list)     # sentences on what the runs measured (findings.py)
+    recipe: str = ""       # what made the rows: epochs and seeds, said against the default recipe when it differs
+    source: str = ""       # the file the rows were read from; a record committed to docs/results/ says so
+    recorded: bool = False  # read from the committed record, not from runs in this outputs folder
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the rows it was built from (per run, or summary)
 
     @property
     def title(self) -> str:
@@ -68,8 +74,9 @@ class Table:
 def _metric_row(label: str, source: pd.Series, prefix: str = "", **extra) -> dict:
     """stage: 'retrieval', or the fusion rule of a re-ranked result; variant: the sweep variant it came from."""
     stage = prefix.removeprefix("rerank.").rstrip(".") or "retrieval"
-    row = {"row": label, "stage": stage, "variant": source.get("variant", ""), **extra}
-    for m in RECALLS:
+    row = {"row": label, "stage": stage, "variant": source.get("variant", ""), "epochs": source.get("param.epochs"),
+           **extra}
+    for m in METRICS:
         row[m] = source.get(f"{prefix}{m}")
         row[f"{m}_std"] = source.get(f"{prefix}{m}_std")
     row["n"] = source.get("n")
@@ -79,11 +86,6 @@ def _metric_row(label: str, source: pd.Series, prefix: str = "", **extra) -> dic
 def _has(variant: pd.Series, col: str) -> bool:
     v = variant.get(col)
     return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
-def _headline(r: pd.Series) -> str:
-    """The fusion rule the run reports as its result (rerank metrics' 'headline', else the fusion param)."""
-    return r["rerank.headline"] if _has(r, "rerank.headline") else r.get("param.fusion")
 
 
 def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
@@ -99,13 +101,18 @@ def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
 
 # --- the kinds of table -----------------------------------------------------------------------------------------
 
-@table_kind("backbones", "Feature extractors", extra=("backbone", "image px", "params (M)", "GMACs", "dims"),
+# One backbone, as the paper's columns count it (notebook 02's model summary counts both towers and the head).
+PARAMS_M = "params (M, one backbone)"
+GMACS = "GMACs (backbone, per image)"
+
+
+@table_kind("backbones", "Feature extractors", extra=("backbone", "image px", PARAMS_M, GMACS, "dims"),
             paper_extra=("params_M", "flops_G", "dims"))
 def backbone_rows(variants: pd.DataFrame) -> list[dict]:
     """One row per backbone, with its measured size and cost."""
     return [_metric_row(r["label"], r, paper_row=r.get("paper_row") or "", **{
         "backbone": r.get("param.backbone"), "image px": r.get("param.image_size"),
-        "params (M)": r.get("params_M"), "GMACs": r.get("gmacs"), "dims": r.get("dims")})
+        PARAMS_M: r.get("params_M"), GMACS: r.get("gmacs"), "dims": r.get("dims")})
         for _, r in variants.iterrows()]
 
 
@@ -126,34 +133,39 @@ def vlm_rows(variants: pd.DataFrame) -> list[dict]:
     for _, r in variants.iterrows():
         for fusion in FUSIONS:
             if _has(r, f"rerank.{fusion}.R@1"):
-                headline = fusion == _headline(r)
+                headline = fusion == reported_rule(r)
                 rows.append(_metric_row(_rerank_label(r, fusion, False), r, prefix=f"rerank.{fusion}.",
                                         paper_row=(r.get("rerank_paper_row") or "") if headline else ""))
     return rows
 
 
-def _retrieval_and_headline(variants: pd.DataFrame, rerank_needs_paper_row: bool) -> list[dict]:
-    """Retrieval per variant, each followed by its headline re-ranked result when there is one."""
+@table_kind("ablation", "Ablation")
+def ablation_rows(variants: pd.DataFrame) -> list[dict]:
+    """The paper's steps; a re-ranked row (the reported rule) only where the variant names the paper row it
+    stands beside."""
     rows = []
     for _, r in variants.iterrows():
         rows.append(_metric_row(r["label"], r, paper_row=r.get("paper_row") or ""))
-        fusion = _headline(r)
-        if (r.get("rerank_paper_row") or not rerank_needs_paper_row) and _has(r, f"rerank.{fusion}.R@1"):
+        fusion = reported_rule(r)
+        if r.get("rerank_paper_row") and _has(r, f"rerank.{fusion}.R@1"):
             rows.append(_metric_row(_rerank_label(r, fusion), r, prefix=f"rerank.{fusion}.",
                                     paper_row=r.get("rerank_paper_row") or ""))
     return rows
 
 
-@table_kind("ablation", "Ablation")
-def ablation_rows(variants: pd.DataFrame) -> list[dict]:
-    """The paper's steps; a re-ranked row only where the variant names the paper row it stands beside."""
-    return _retrieval_and_headline(variants, rerank_needs_paper_row=True)
-
-
 @table_kind(OWN, "Results")
 def own_rows(variants: pd.DataFrame) -> list[dict]:
-    """A sweep of its own: every variant's retrieval and headline re-ranked result."""
-    return _retrieval_and_headline(variants, rerank_needs_paper_row=False)
+    """A sweep of its own: every variant's retrieval, then every fusion rule of its re-ranking, the reported
+    rule marked (all three are computed by every run; only the reported one was chosen before the test)."""
+    rows = []
+    for _, r in variants.iterrows():
+        rows.append(_metric_row(r["label"], r, paper_row=r.get("paper_row") or ""))
+        for fusion in FUSIONS:
+            if _has(r, f"rerank.{fusion}.R@1"):
+                mark = ", reported" if fusion == reported_rule(r) else ""
+                rows.append(_metric_row(_rerank_label(r, fusion + mark), r, prefix=f"rerank.{fusion}.",
+                                        paper_row=r.get("rerank_paper_row") or ""))
+    return rows
 
 
 # --- beside the paper -----------------------------------------------------------------------------------------
@@ -194,11 +206,43 @@ def _beside_paper(rows: list[dict], name: str, kind: TableKind) -> tuple[pd.Data
 
 # --- where the numbers came from ------------------------------------------------------------------------------
 
-def _provenance(results: pd.DataFrame, variants: pd.DataFrame, swept: list[str]) -> list[str]:
+def _seeds(ok: pd.DataFrame) -> list[int]:
+    """The seeds of the finished rows (a summary row lists its own, space-separated)."""
+    if "seeds" in ok:
+        return sorted({int(s) for cell in ok["seeds"].astype(str) for s in cell.split()})
+    return sorted({int(s) for s in ok["seed"]})
+
+
+def _span(seeds: list[int]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)) \
+        else ", ".join(map(str, seeds))
+
+
+def recipe(results: pd.DataFrame) -> str:
+    """What made the rows, in a few words: '16 epochs (the default trains 48), seeds 0-4'."""
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    if ok.empty:
+        return ""
+    default = Params().epochs
+    epochs = trained_epochs(ok)
+    said = "/".join(map(str, epochs)) + (" epoch" if epochs == [1] else " epochs")
+    if epochs and epochs != [default]:
+        said += f" (the default recipe trains {default})"
+    elif epochs:
+        said += " (the default recipe)"
+    else:
+        said = "epochs not recorded"
+    seeds = _seeds(ok)
+    return f"{said}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({_span(seeds)})"
+
+
+def _provenance(results: pd.DataFrame, variants: pd.DataFrame, swept: list[str], source: str,
+                recorded: bool) -> list[str]:
     ok = results[results["status"] == "ok"]
     lines = []
     if ok.empty:
         return ["no finished runs yet"]
+    summary = is_summary(results)
 
     def uniq(col):
         return [v for v in dict.fromkeys(ok[col].dropna()) if v != ""] if col in ok else []
@@ -217,16 +261,22 @@ def _provenance(results: pd.DataFrame, variants: pd.DataFrame, swept: list[str])
     if "model_from" in ok and (ok["model_from"] != "").any():
         lines.append("variants with model_from evaluate the model another variant trained (no training of their own)")
     lines.append(f"hardware: {'; '.join(map(str, uniq('device')))}")
-    seeds = sorted({int(s) for s in ok["seed"]})
+    seeds = _seeds(ok)
     spread = "mean ± sample std over seeds" if variants["n"].max() > 1 else "one seed"
-    lines.append(f"seeds: {', '.join(map(str, seeds))} ({spread}); {len(ok)} finished runs of {len(results)}")
-    own = ok.drop_duplicates("source_run") if "source_run" in ok else ok  # a run reused twice ran once
-    total = pd.to_numeric(own.get("train_s"), errors="coerce").sum()
-    commits = sorted({str(c)[:8] for c in uniq("git_commit")}) or ["uncommitted"]
+    runs = int(ok["n"].sum()) if summary else len(ok)
+    lines.append(f"seeds: {', '.join(map(str, seeds))} ({spread}); {runs} finished runs"
+                 + ("" if summary else f" of {len(results)}"))
+    commits = sorted({c.strip()[:8] for v in uniq("git_commit") for c in str(v).split()}) or ["uncommitted"]
     dates = sorted(str(s)[:10] for s in uniq("started"))
     when = dates[0] if dates and dates[0] == dates[-1] else (f"{dates[0]} to {dates[-1]}" if dates else "?")
-    lines.append(f"run {when}, code {', '.join(commits)}; {total / 60:.0f} min of training in all")
-    if "source_run" in ok:
+    if summary:
+        lines.append(f"run {when}, code {', '.join(commits)}; only each variant's mean and spread over seeds were "
+                     "kept, so comparisons below are between means (Welch), not paired by seed")
+    else:
+        own = ok.drop_duplicates("source_run") if "source_run" in ok else ok  # a run reused twice ran once
+        total = pd.to_numeric(own.get("train_s"), errors="coerce").sum()
+        lines.append(f"run {when}, code {', '.join(commits)}; {total / 60:.0f} min of training in all")
+    if not summary and "source_run" in ok:
         reused = ok[(ok["source_run"] != "") & (ok["source_run"] != ok["run"])]
         if len(reused):
             sources = ", ".join(sorted({s.split("/")[0] for s in reused["source_run"]}))
@@ -235,13 +285,20 @@ def _provenance(results: pd.DataFrame, variants: pd.DataFrame, swept: list[str])
     bad = results[results["status"] != "ok"]
     if len(bad):
         lines.append("not finished: " + ", ".join(f"{r} ({s})" for r, s in zip(bad["run"], bad["status"])))
+    if "AP" not in ok or ok["AP"].isna().all():
+        lines.append("AP: not recorded for these runs")
+    if recorded:
+        lines.append(f"recorded in {source}: measured by an earlier `make tables`, not by runs in this outputs "
+                     "folder; code can change between a record and your run, so compare the recipe first")
     return lines
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
 
-def build_table(results: pd.DataFrame, name: Optional[str] = None) -> Table:
-    """A results table (a sweep's results.csv, or one run's row) in the shape of its paper table."""
+def build_table(results: pd.DataFrame, name: Optional[str] = None, source: str = "",
+                recorded: bool = False) -> Table:
+    """A results table (a sweep's collected rows, or one run's row) in the shape of its paper table. `source`:
+    the file the rows came from; `recorded`: it is the committed record, not runs in this outputs folder."""
     results = results.copy()
     for col in TEXT_COLUMNS:  # empty cells of results.csv read back as NaN
         if col in results:
@@ -256,15 +313,37 @@ def build_table(results: pd.DataFrame, name: Optional[str] = None) -> Table:
     rows = kind.shape(variants) if len(variants) else []
     table_rows, paper_extra = _beside_paper(rows, kind_name, kind) if rows else (pd.DataFrame(rows), [])
     name = name or str(results["sweep"].iloc[0])
-    return Table(name, kind_name, table_rows, _provenance(results, variants, swept),
-                 list(kind.extra) if len(variants) else [], paper_extra, findings(name, kind_name, results))
+    return Table(name, kind_name, table_rows, _provenance(results, variants, swept, source, recorded),
+                 list(kind.extra) if len(variants) else [], paper_extra, findings(name, kind_name, results),
+                 recipe(results), source, recorded, results)
+
+
+def _in_paper_order(tables: list[Table]) -> list[Table]:
+    order = list(paper.TABLES)
+    return sorted(tables, key=lambda t: (order.index(t.kind) if t.kind in order else len(order), t.name))
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def load_sweep_tables(root: Optional[Path] = None) -> list[Table]:
-    """Every sweep's table under outputs/, in the paper's order of tables, then by sweep name."""
-    order = list(paper.TABLES)
-    tables = [build_table(pd.read_csv(p)) for p in find_results(root)]
-    return sorted(tables, key=lambda t: (order.index(t.kind) if t.kind in order else len(order), t.name))
+    """Every sweep's table under outputs/ (or root), in the paper's order of tables, then by sweep name."""
+    return _in_paper_order([build_table(read_rows(p), source=_shown_path(p)) for p in find_results(root)])
+
+
+def recorded_tables(folder: Path = RECORDED) -> list[Table]:
+    """Every sweep's table from the committed record, docs/results/<sweep>.csv, marked as recorded."""
+    return _in_paper_order([build_table(read_rows(p), source=_shown_path(p), recorded=True)
+                            for p in find_recorded(folder)])
+
+
+def live_or_recorded(found: list[Table], recorded: list[Table], kind: str) -> list[Table]:
+    """The tables of one kind: this outputs folder's sweeps when it has any, else the committed record's."""
+    return of_kind(found, kind) or of_kind(recorded, kind)
 
 
 def table_of_run(run_name: str) -> Optional[Table]:
@@ -276,8 +355,26 @@ def table_of_run(run_name: str) -> Optional[Table]:
         return None
     row |= {"sweep": run_name, "table": OWN, "variant": run_name, "run": run_name, "source_run": run_name,
             "seed": row.get("param.seed", 0), "label": run_name, "status": "ok"}
-    return build_table(pd.DataFrame([row]), run_name)
+    return build_table(pd.DataFrame([row]), run_name, source=f"outputs/{run_name}")
 
 
 def of_kind(tables: list[Table], kind: str) -> list[Table]:
     return [t for t in tables if t.kind == kind]
+
+
+def recipe_note(tables: list[Table], this_run: Optional[Table] = None) -> str:
+    """One line under a figure of several sources: each one's recipe, and whether they differ (then only the
+    changes within a source compare, not the levels across them)."""
+    def reranked(t):  # a figure of re-ranking draws only the sources with re-ranked rows
+        return t.kind == "vlms" or ("stage" in t.rows and (t.rows["stage"].fillna("retrieval") != "retrieval").any())
+
+    shown = [t for t in [*tables, this_run] if t is not None and t.recipe and reranked(t)]
+    if not shown:
+        return "No source to compare yet."
+    said = "; ".join(f"{'this run' if t is this_run else t.name}{' (recorded)' if t.recorded else ''}: {t.recipe}"
+                     for t in shown)
+    epochs = {tuple(trained_epochs(t.runs)) for t in shown}
+    if len(epochs) > 1:
+        return (f"Recipes: {said}. They trained for different numbers of epochs, so their levels differ for that "
+                "reason alone: compare each source's change from its own retrieval bars, not heights across panels.")
+    return f"Recipes: {said}. Same training budget throughout."

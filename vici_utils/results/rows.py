@@ -1,7 +1,10 @@
 """Reading results: one run folder -> one flat row, and a sweep's rows -> one row per variant over its seeds.
 
 This is the one reader of a run's manifest (run.json); the sweep, the tables and the notebooks all go through
-`read_manifest`.
+`read_manifest`. A sweep's rows live in two places, read the same way: outputs/<sweep>/results.csv (written by the
+sweep, here) and docs/results/<sweep>.csv (the committed record, copied from there by `python -m vici_utils
+results`). A record may hold summary rows instead (one per variant: means, '<col>_std', n and seeds) where only
+those were kept; `is_summary` tells them apart and every reader below takes both.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ from ..metrics import METRICS
 from ..run_folder import RERANK, RESULTS, RETRIEVAL, read_manifest  # RESULTS: a sweep's rows, outputs/<sweep>/
 from ..model_stats import stats
 from ..params import Params
-from ..paths import outputs_root
+from ..paths import REPO_ROOT, outputs_root
 from ..provenance import describe_data, describe_model
 from ..rerank.fusion import FUSIONS
 
+RECORDED = REPO_ROOT / "docs" / "results"  # the committed record: <sweep>.csv, one per sweep
 DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model",
              "fusion")  # parameters every row carries as 'param.<key>'
 
@@ -100,7 +104,8 @@ def read_run_folder(folder: Path, with_model_stats: bool = False, fresh_only: bo
     rerank = _written_by_this_run(folder / RERANK / "metrics.json", since)
     if rerank:
         row |= {"rerank.backend": rerank.get("backend"), "rerank.model": rerank.get("model"),
-                "rerank.headline": rerank.get("headline"), "rerank.cost_usd": rerank.get("cost_usd")}
+                "rerank.headline": rerank.get("headline"), "rerank.cost_usd": rerank.get("cost_usd"),
+                "rerank.chosen_on": (rerank.get("fusion_chosen") or {}).get("on") or "parameter"}
         for part in ("retrieval", *FUSIONS):
             if isinstance(rerank.get(part), dict):
                 row |= {f"rerank.{part}.{k}": rerank[part].get(k) for k in (*METRICS, "n_query")
@@ -114,10 +119,18 @@ def read_run_folder(folder: Path, with_model_stats: bool = False, fresh_only: bo
     return row
 
 
+def is_summary(results: pd.DataFrame) -> bool:
+    """Whether the rows are already one per variant over seeds (a record that kept only means and spreads)."""
+    return "n" in results.columns
+
+
 def aggregate_seeds(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (in sweep order) over its finished seeds: numeric columns -> mean and '<col>_std'
-    (sample standard deviation; NaN for one seed), other columns -> their first value, and n (seeds)."""
+    (sample standard deviation; NaN for one seed), other columns -> their first value, and n (seeds).
+    Summary rows are returned as they are."""
     ok = results[results["status"] == "ok"]
+    if is_summary(results):
+        return ok.reset_index(drop=True)
     rows = []
     for variant in dict.fromkeys(results["variant"]):
         g = ok[ok["variant"] == variant]
@@ -135,15 +148,42 @@ def aggregate_seeds(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trained_epochs(results: pd.DataFrame) -> list[int]:
+    """The training budgets (epochs) of a sweep's finished rows that trained a model (not model_from rows, which
+    evaluate another row's model with epochs 0)."""
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    trained = ok[ok["model_from"].fillna("") == ""] if "model_from" in ok else ok
+    return sorted({int(e) for e in trained.get("param.epochs", pd.Series(dtype=float)).dropna()})
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """A sweep's collected rows from a CSV file (outputs/<sweep>/results.csv or docs/results/<sweep>.csv)."""
+    return pd.read_csv(path)
+
+
 def sweep_results(name: str, root: Optional[Path] = None) -> pd.DataFrame:
     """outputs/<name>/results.csv, the rows of one sweep (empty when the sweep has not run here)."""
     path = (root or outputs_root()) / name / RESULTS
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return read_rows(path) if path.is_file() else pd.DataFrame()
+
+
+def recorded_results(name: str, folder: Path = RECORDED) -> pd.DataFrame:
+    """docs/results/<name>.csv, the committed record of one sweep (empty when none is recorded)."""
+    path = Path(folder) / f"{name}.csv"
+    return read_rows(path) if path.is_file() else pd.DataFrame()
+
+
+def reported_rule(r: pd.Series) -> str:
+    """The fusion rule a run reports as its result: rerank metrics' 'headline', else the fusion parameter."""
+    h = r.get("rerank.headline")
+    return h if isinstance(h, str) and h else r.get("param.fusion")
 
 
 def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
     """What each re-ranking variant did to R@1, paired by seed: for every fusion rule, the retrieval's R@1 and the
-    re-ranked R@1 (means over seeds) and the change (mean and sample std of the per-seed differences)."""
+    re-ranked R@1 (means over seeds) and the change (mean and sample std of the per-seed differences; from summary
+    rows the difference of the means, with no std: the pairs were not kept). 'reported': the rule the runs report
+    as their result (chosen before the test set was seen), with 'chosen on' saying how it was chosen."""
     ok = results[results["status"] == "ok"] if "status" in results else results
     rows = []
     for variant in dict.fromkeys(ok.get("variant", [])):
@@ -151,17 +191,23 @@ def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
         if "rerank.retrieval.R@1" not in g or g["rerank.retrieval.R@1"].isna().all():
             continue
         g = g[g["rerank.retrieval.R@1"].notna()]
+        n = int(g["n"].sum()) if is_summary(g) else len(g)
         for rule in FUSIONS:
             col = f"rerank.{rule}.R@1"
             if col not in g or g[col].isna().any():
                 continue
             diff = g[col] - g["rerank.retrieval.R@1"]
-            rows.append({"re-ranker": g["label"].iloc[0], "rule": rule,
+            paired = not is_summary(g) and len(g) > 1
+            chosen = g["rerank.chosen_on"].iloc[0] if "rerank.chosen_on" in g else "parameter"
+            backend = g["rerank.backend"].iloc[0] if "rerank.backend" in g else g.get("param.rerank_backend",
+                                                                                            pd.Series([""])).iloc[0]
+            rows.append({"re-ranker": g["label"].iloc[0], "backend": backend, "rule": rule,
                          "retrieval R@1": g["rerank.retrieval.R@1"].mean(), "re-ranked R@1": g[col].mean(),
-                         "change": diff.mean(), "change std": diff.std(ddof=1) if len(g) > 1 else math.nan,
-                         "seeds": len(g)})
-    return pd.DataFrame(rows, columns=["re-ranker", "rule", "retrieval R@1", "re-ranked R@1", "change",
-                                       "change std", "seeds"])
+                         "change": diff.mean(), "change std": diff.std(ddof=1) if paired else math.nan,
+                         "seeds": n, "reported": rule == reported_rule(g.iloc[0]),
+                         "chosen on": chosen if isinstance(chosen, str) and chosen else "parameter"})
+    return pd.DataFrame(rows, columns=["re-ranker", "backend", "rule", "retrieval R@1", "re-ranked R@1", "change",
+                                       "change std", "seeds", "reported", "chosen on"])
 
 
 def find_results(root: Optional[Path] = None) -> list[Path]:
@@ -169,11 +215,18 @@ def find_results(root: Optional[Path] = None) -> list[Path]:
     return sorted((root or outputs_root()).glob(f"*/{RESULTS}"))
 
 
-def overview(root: Optional[Path] = None) -> pd.DataFrame:
-    """Every sweep run found: where its numbers were computed, on what data and hardware, and how long it took."""
-    cols = ["sweep", "run", "source_run", "status", "data", "model", "device", "started", "run_s"]
-    frames = [pd.read_csv(p) for p in find_results(root)]
+def find_recorded(folder: Path = RECORDED) -> list[Path]:
+    """Every sweep's committed record, docs/results/<sweep>.csv."""
+    return sorted(Path(folder).glob("*.csv"))
+
+
+def overview(root: Optional[Path] = None, paths: Optional[list[Path]] = None) -> pd.DataFrame:
+    """Every sweep run found (under outputs/ or root, or in the given CSV files): where its numbers were computed,
+    on what data and hardware, with which recipe, and how long it took."""
+    cols = ["sweep", "run", "source_run", "status", "seed", "seeds", "param.epochs", "data", "model", "device",
+            "git_commit", "started", "run_s"]
+    frames = [read_rows(p) for p in (find_results(root) if paths is None else paths)]
     if not frames:
         return pd.DataFrame(columns=cols)
     df = pd.concat(frames, ignore_index=True)
-    return df[[c for c in cols if c in df]]
+    return df[[c for c in cols if c in df]].rename(columns={"param.epochs": "epochs"})
