@@ -1,4 +1,4 @@
-"""Command line: `python -m vici_utils run|world|sweep|results|params-doc ...`."""
+"""Command line: `python -m vici_utils run|world|sweep|results|headline|params-doc ...`."""
 from __future__ import annotations
 
 import argparse
@@ -66,8 +66,14 @@ def _params_doc(args) -> int:
     return 0
 
 
+def _headline(argv) -> int:
+    from .headline import main as headline_main
+
+    return headline_main(argv)
+
+
 # These parse their own arguments (options may come first).
-PASS_THROUGH = {"sweep": _sweep, "results": _results}
+PASS_THROUGH = {"sweep": _sweep, "results": _results, "headline": _headline}
 
 
 def main(argv=None) -> int:
@@ -103,6 +109,8 @@ def _main(argv) -> int:
         p.set_defaults(fn=fn)
     sub.add_parser("sweep", help="run every variant of sweep files and collect results.csv (sweep --help)")
     sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
+    sub.add_parser("headline", help="run the workbook timed; write the README headline and docs/rendered/ "
+                   "(headline --help)")
     sub.add_parser("params-doc", help="write docs/parameters.md from the descriptions in vici_utils/params.py"
                    ).set_defaults(fn=_params_doc)
     args = parser.parse_args(argv)
