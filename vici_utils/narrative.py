@@ -69,7 +69,7 @@ def show(sentence) -> None:
     from IPython.display import display
 
     if isinstance(sentence, Sentence):
-        display(sentence)
+        display(sentence._repr_mimebundle_(), raw=True)   # raw: IPython would show a str subclass as its repr
     else:
         print(sentence)
 
