@@ -318,3 +318,20 @@ def test_stamp_sits_just_under_the_lowest_label(height):
     gap = lowest - label.y1 / fig.dpi
     assert 0 <= gap < 0.25, f"{gap:.2f} in between the stamp and the figure above it"
     assert label.y0 >= 0
+
+
+def test_contact_sheet_says_how_many_views_it_shows_and_its_labels_touch_no_image(tiny_ds):
+    b = tiny_ds.train.buildings[0]
+    fig = data_figures.contact_sheet(tiny_ds, b, CFG)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for ax in fig.axes for t in ax.texts]
+    assert any(f"of {len(tiny_ds.train.drone[b])}" in t.get_text() for t in labels)
+    assert any(f"of {len(tiny_ds.train.street[b])}" in t.get_text() for t in labels)
+    images = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_images()]
+    for t in labels:
+        box = t.get_window_extent(renderer)
+        assert not [i for i in images if box.x0 < i.x1 + 2 and i.x0 < box.x1 + 2 and box.y0 < i.y1 and i.y0 < box.y1], \
+            f"the label {t.get_text()!r} touches an image"
+    slant = data_figures.world_geometry(tiny_ds, n=5).loc["drone camera: distance to the target's mid-height (slant range)"]
+    assert 55 <= slant["min"] and slant["max"] <= 95, "the renderer's rule the notebook states"
