@@ -8,7 +8,7 @@ from vici_utils.params import load
 
 def test_quick_preset_is_the_default_model_on_a_smaller_world_and_budget():
     quick, default = load(quick_claim.QUICK), load("params/default.yaml")
-    for key in ("backbone", "pretrained", "image_size", "drone_rate", "data_root"):
+    for key in ("backbone", "pretrained", "drone_rate", "data_root"):
         assert getattr(quick, key) == getattr(default, key), key
     assert quick.world_train_locations < default.world_train_locations and quick.epochs < default.epochs
     assert quick.run_name != default.run_name, "a quick run never overwrites the default run"
