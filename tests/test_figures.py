@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.conftest import TINY_WORLD  # noqa: E402
-from tests.figure_checks import assert_legends_clear, assert_title, legend_problems  # noqa: E402
+from tests.figure_checks import assert_legends_clear, assert_shared_y, assert_title, legend_problems  # noqa: E402
 from vici_utils.figures import data as data_figures  # noqa: E402
 from vici_utils.figures import results as result_figures  # noqa: E402
 from vici_utils.figures import retrieval as retrieval_figures  # noqa: E402
@@ -117,6 +117,18 @@ def test_legend_checks_catch_a_legend_over_data_and_one_outside_its_axes():
     bx.legend(loc="upper left", bbox_to_anchor=(-0.5, 1.0))
     problems = legend_problems(fig)
     assert any("covers bar" in p for p in problems) and any("outside its axes" in p for p in problems), problems
+
+
+def test_shared_y_check_tells_one_range_from_several():
+    fig, axes = plt.subplots(1, 3, sharey=True)
+    for ax, top in zip(axes, (75, 130, 100)):
+        ax.bar([0], [top])
+    assert_shared_y(axes)
+    fig, axes = plt.subplots(1, 3)
+    for ax, top in zip(axes, (75, 130, 100)):
+        ax.bar([0], [top])
+    with pytest.raises(AssertionError, match="3 y-ranges"):
+        assert_shared_y(axes)
 
 
 def test_worst_failures_show_one_query_per_building(tmp_path):
