@@ -35,10 +35,10 @@ tables: setup
 results: setup
 	$(PY) -m vici_utils results
 
-# An executed copy of the default run for readers who run nothing (HTML, figures as small JPEGs).
+# One measured run of the default workbook (from an empty outputs folder): the README's headline paragraph and
+# the executed copy in docs/rendered/ for readers who run nothing (HTML, figures as small JPEGs).
 docs: setup
-	test -f outputs/default/run.json || $(MAKE) workbook
-	$(PY) -m vici_utils.rendered outputs/default/0*.ipynb docs/rendered
+	$(PY) -m vici_utils headline --params $(PARAMS)
 
 clean-outputs:
 	rm -rf outputs/*/

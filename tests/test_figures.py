@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.conftest import TINY_WORLD  # noqa: E402
+from tests.figure_checks import assert_legends_clear, assert_shared_y, assert_title, legend_problems  # noqa: E402
 from vici_utils.figures import data as data_figures  # noqa: E402
 from vici_utils.figures import results as result_figures  # noqa: E402
 from vici_utils.figures import retrieval as retrieval_figures  # noqa: E402
@@ -84,6 +85,50 @@ def test_retrieval_grid_shows_the_true_tile_when_it_ranks_beyond_the_top_10(tmp_
     assert any(t.startswith("true tile: rank 28") for t in titles), titles
     assert sum(t.startswith("true tile: rank") for t in titles) == 1, "rows whose tile is in the top 10 add nothing"
     assert "1 at rank 1, 2 in the top 10" in fig._suptitle.get_text(), "the sample is compared with the whole set"
+    assert_title(fig, "street query and its top-10 satellite tiles (green: the true tile")
+    fig = retrieval_grid_titled = retrieval_figures.retrieval_grid(result, CFG, [1, 2], title="six random queries")
+    assert_title(retrieval_grid_titled, "six random queries\n"), "no tile's caption may replace the title passed in"
+
+
+def test_notebook_03_figures_keep_their_legends_clear_of_data_and_say_what_they_show(tmp_path):
+    result = _fake_result(tmp_path, [1, 3, 1, 12, 2, 1, 7, 1, 25, 4])
+    rng = np.random.default_rng(0)
+    result.query_features = rng.normal(size=(10, 8))
+    result.gallery_features = rng.normal(size=(30, 8))
+    result.metrics |= {"R@5": 60.0, "R@10": 90.0, "n_gallery": 30}
+    for fig in (retrieval_figures.rank_histogram(result, CFG),
+                retrieval_figures.embedding_projection(result, CFG, n_highlight=9),
+                retrieval_figures.query_tile_similarities(result, CFG)):
+        assert_legends_clear(fig)
+    sims = retrieval_figures.query_tile_similarities(result, CFG, max_buildings=5)
+    assert "a sub-gallery of 5 tiles" in sims.axes[0].get_title(), "the title says the row maximum is over few tiles"
+    pca = retrieval_figures.embedding_projection(result, CFG, n_highlight=9)
+    colours = {tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in pca.axes[0].collections[2:] if len(c.get_offsets())}
+    assert not [c for c in colours if c[0] == c[1] == c[2]], "a highlighted building in grey hides among the grey points"
+    legend = " ".join(t.get_text() for t in pca.legends[0].get_texts())
+    assert "satellite tiles" in legend and "its satellite tile" in legend
+
+
+def test_legend_checks_catch_a_legend_over_data_and_one_outside_its_axes():
+    fig, (ax, bx) = plt.subplots(1, 2)
+    ax.bar([0, 1, 2], [95, 94, 96])
+    ax.legend(["tall bars"], loc="upper left")
+    bx.plot([0, 1], [0, 1], label="curve")
+    bx.legend(loc="upper left", bbox_to_anchor=(-0.5, 1.0))
+    problems = legend_problems(fig)
+    assert any("covers bar" in p for p in problems) and any("outside its axes" in p for p in problems), problems
+
+
+def test_shared_y_check_tells_one_range_from_several():
+    fig, axes = plt.subplots(1, 3, sharey=True)
+    for ax, top in zip(axes, (75, 130, 100)):
+        ax.bar([0], [top])
+    assert_shared_y(axes)
+    fig, axes = plt.subplots(1, 3)
+    for ax, top in zip(axes, (75, 130, 100)):
+        ax.bar([0], [top])
+    with pytest.raises(AssertionError, match="3 y-ranges"):
+        assert_shared_y(axes)
 
 
 def test_worst_failures_show_one_query_per_building(tmp_path):
@@ -124,6 +169,9 @@ def test_similarity_matrices_before_and_after_training_share_one_colour_scale():
         clims.append([im.get_clim() for ax in fig.axes for im in ax.get_images() if im.get_array().shape == (4, 4)][0])
     assert clims[0] == clims[1] == training_figures.SIMILARITY_RANGE
     assert "chance: 1/4" in fig._suptitle.get_text()
+    after = training_figures.batch_similarities(_Towers(False), street, sat, CFG, "after training",
+                                                weights="trained checkpoint figs/train/best.pt")
+    assert "weights: trained checkpoint figs/train/best.pt" in after.texts[-1].get_text()
 
 
 def _log(val_r10=95.6):
@@ -138,9 +186,12 @@ def test_val_and_test_draws_each_chance_level_with_its_gallery_size():
     ax = fig.axes[0]
     chance = sorted(round(y, 6) for coll in ax.collections for seg in coll.get_segments() for y in {seg[0][1]})
     assert chance == sorted([2.5, 12.5, 25.0, 0.5, 2.5, 5.0])
-    legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "40 tiles" in legend and "200 tiles" in legend
     assert "epoch 4" in legend, "the validation numbers are those of the selected epoch"
+    assert_legends_clear(fig)
+    assert "weights: trained checkpoint x" in training_figures.val_and_test(
+        _log(), 40, test, CFG, model="m; weights: trained checkpoint x").texts[-1].get_text()
 
 
 def test_training_curves_draw_the_validation_chance_level():
@@ -149,6 +200,10 @@ def test_training_curves_draw_the_validation_chance_level():
               if line.get_linestyle() == ":" and len(line.get_ydata())}
     assert {2.5, 12.5, 25.0} <= levels
     assert "40 tiles" in fig.axes[1].get_title()
+    assert_legends_clear(fig)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "drone_rate P = 0.3 (the target)" in legend and "recall by chance (k / tiles)" in legend, legend
+    assert len({ax.title.get_fontsize() for ax in fig.axes if ax.get_title()}) == 1, "one title size for the panels"
     training_figures.curves(_log(), CFG)   # the notebook's old call still works
 
 
@@ -256,3 +311,20 @@ def test_a_non_ascii_data_root_draws_without_font_warnings(recwarn):
     plt.close(fig)
     assert not [w for w in recwarn if "missing from" in str(w.message)]
     assert "data: University-1652 at ??-1652 é" in fig.texts[-1].get_text()
+
+
+def test_contact_sheet_says_how_many_views_it_shows_and_its_labels_touch_no_image(tiny_ds):
+    b = tiny_ds.train.buildings[0]
+    fig = data_figures.contact_sheet(tiny_ds, b, CFG)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for ax in fig.axes for t in ax.texts]
+    assert any(f"of {len(tiny_ds.train.drone[b])}" in t.get_text() for t in labels)
+    assert any(f"of {len(tiny_ds.train.street[b])}" in t.get_text() for t in labels)
+    images = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_images()]
+    for t in labels:
+        box = t.get_window_extent(renderer)
+        assert not [i for i in images if box.x0 < i.x1 + 2 and i.x0 < box.x1 + 2 and box.y0 < i.y1 and i.y0 < box.y1], \
+            f"the label {t.get_text()!r} touches an image"
+    slant = data_figures.world_geometry(tiny_ds, n=5).loc["drone camera: distance to the target's mid-height (slant range)"]
+    assert 55 <= slant["min"] and slant["max"] <= 95, "the renderer's rule the notebook states"

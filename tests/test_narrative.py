@@ -86,3 +86,42 @@ def test_rerank_gains_are_paired_by_seed_and_judged_against_their_noise():
     one = narrative.rerank_gains(rerank_gains(_rerank_results({"once": [-1.0]}, before=(10.0,))))
     assert "its best rule (rrf) changed R@1 by -0.50 points on one seed, which cannot tell" in one
     assert narrative.rerank_gains(rerank_gains(pd.DataFrame({"variant": [], "status": []}))).startswith("No ")
+
+
+def test_loss_against_chance_follows_the_loss():
+    close = narrative.loss_against_chance(2.135, 8, 0.1)
+    assert close.startswith("At T = 0.1 the loss of these 8 pairs is 2.13, against log 8 = 2.08") and "close to it" in close
+    assert "confidently wrong" in narrative.loss_against_chance(6.52, 8, 0.01)
+    assert "already tells some" in narrative.loss_against_chance(1.0, 8, 0.1)
+
+
+def test_drone_batch_compares_the_count_with_the_binomial():
+    low = narrative.drone_batch(12, 64, 64, 0.3)   # 19.2 expected, sd 3.67: z = -1.96
+    assert "19.2 on average (binomial standard deviation 3.7)" in low and "within the usual spread" in low
+    assert "unusually low" in narrative.drone_batch(5, 64, 64, 0.3)
+    assert "With P = 0.3 and 10 of them having drone images, a batch holds 3.0" in narrative.drone_batch(3, 64, 10, 0.3)
+
+
+def test_paired_difference_uses_the_per_seed_differences():
+    a, b = np.array([10.0, 12.0, 8.0]), np.array([13.0, 15.2, 10.8])   # differences 3.0, 3.2, 2.8: sd 0.2
+    text = narrative.paired_difference(a, b, "Drone mixing")
+    # mean 3.0, se 0.2 / sqrt(3), t(0.975, 2) = 4.303: half-width 0.50
+    assert text.startswith("Drone mixing: +3.00 points of R@1 (13.00 against 10.00, 3 and 3 seeds; 95 % confidence "
+                           "interval +2.50 to +3.50, paired t-test over seeds, p = ")
+    assert "excludes zero" in text
+    # the same numbers unpaired would be noise: the seeds' spread (2 points) dwarfs the effect
+    assert "includes zero" in narrative.variant_difference(
+        pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3, "R@1": [*a, *(a + [3.0, -2.0, 0.0])]}), "a", "b", "x")
+    assert "one pair of runs" in narrative.paired_difference([1.0], [2.0], "x")
+    with pytest.raises(ValueError, match="same number"):
+        narrative.paired_difference([1.0, 2.0], [1.0], "x")
+
+
+def test_sentences_carry_facts_whose_sources_name_the_run_files():
+    story = narrative.training_story(_log([10.0, 30.0, 20.0]).assign(temperature=[0.1, 0.09, 0.08]))
+    assert story.facts["loss0"].source == "train/train_log.csv:loss[epoch=5]"
+    assert story.facts["r_best"].value == 30.0 and "temperature went from 0.100 to 0.080" in story
+    both = narrative.val_and_test(40.0, 40, 20.0, 200, val_source="train/train_log.csv:R@1[epoch=5]")
+    assert both.facts["test"].source == "retrieval/metrics.json:R@1" and both.facts["xt"].source.startswith("=")
+    assert narrative.test_task(541, 150, 200, 50).endswith("chance R@1 = 0.50 %")
+    assert narrative.validation_chance(40).startswith("The validation gallery holds only 40 tiles, so chance R@10 there is 25 %")

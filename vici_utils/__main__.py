@@ -1,4 +1,4 @@
-"""Command line: `python -m vici_utils run|world|sweep|results|kernel|params-doc ...`."""
+"""Command line: `python -m vici_utils run|world|sweep|results|headline|kernel|params-doc ...`."""
 from __future__ import annotations
 
 import argparse
@@ -73,8 +73,14 @@ def _params_doc(args) -> int:
     return 0
 
 
+def _headline(argv) -> int:
+    from .headline import main as headline_main
+
+    return headline_main(argv)
+
+
 # These parse their own arguments (options may come first).
-PASS_THROUGH = {"sweep": _sweep, "results": _results}
+PASS_THROUGH = {"sweep": _sweep, "results": _results, "headline": _headline}
 
 
 def main(argv=None) -> int:
@@ -117,6 +123,8 @@ def _main(argv) -> int:
     sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
     sub.add_parser("kernel", help="register this clone's Jupyter kernel inside its environment (make setup does)"
                    ).set_defaults(fn=_kernel)
+    sub.add_parser("headline", help="run the workbook timed; write the README headline and docs/rendered/ "
+                   "(headline --help)")
     sub.add_parser("params-doc", help="write docs/parameters.md from the descriptions in vici_utils/params.py"
                    ).set_defaults(fn=_params_doc)
     args = parser.parse_args(argv)

@@ -47,6 +47,9 @@ class Params(BaseModel):
     seed: int = Field(0, description="seeds the model's initial weights, the validation split, every training epoch "
                                      "(street picks, drone draws, augmentation) and the VLM's shuffled orders")
     num_workers: Optional[int] = Field(None, ge=0, description="DataLoader workers; None = automatic")
+    quick_claim_seeds: int = Field(0, ge=0, le=10, description=(
+        "notebook 02 measures drone mixing itself: P = 0 against P = 0.3 on the quick preset (params/quick.yaml), "
+        "this many seeds each, paired by seed (2 quick trainings per seed); 0 = skip that cell"))
 
     # --- the embedded world (used when data_root == 'embedded') ----------------------------------
     world_seed: int = Field(0, description="seed of the embedded world: scenes, cameras, photo noise")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..provenance import describe_data, describe_model, describe_selection
 
-__all__ = ["describe_data", "describe_model", "describe_selection", "stamp"]
+__all__ = ["describe_data", "describe_model", "describe_selection", "legend_below", "stamp"]
 
 STAMP_PT = 7          # font size of the stamp
 STAMP_GAP_IN = 0.08   # inches between the lowest drawn thing and the stamp, and under the stamp
@@ -28,6 +28,27 @@ def framed(ax, image=None, title: str = "", colour: str | None = None, width: fl
     if title:
         drawn = width if colour not in (None, "none") else 0.0
         ax.set_title(title, fontsize=fontsize, pad=2 + drawn)   # clear of a thick frame
+
+
+def legend_below(fig, handles=None, labels=None, ncol: int = 3, fontsize: float = 8):
+    """One legend for the whole figure, under its panels, where it can cover neither data nor another panel:
+    the panels are laid out again (tight_layout) above it. Without handles, those of every axes are collected
+    (each label once)."""
+    if handles is None:
+        seen = {}
+        for ax in fig.axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if not lab.startswith("_"):
+                    seen.setdefault(lab, h)
+        labels, handles = list(seen), list(seen.values())
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    legend = fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+                        fontsize=fontsize, frameon=False)
+    height = legend.get_window_extent(_renderer(fig)).height / fig.bbox.height
+    fig.tight_layout(rect=(0, height + 0.01, 1, 1))
+    return legend
 
 
 def _renderer(fig):
@@ -63,6 +84,10 @@ def _grow_bottom(fig, inches: float) -> None:
     for t in fig.texts:
         x, y = t.get_position()
         t.set_position((x, (y * h + inches) / new_h))
+    for lg in fig.legends:   # a figure legend stays where it was relative to the axes above it
+        anchor = lg.get_bbox_to_anchor()
+        lg.set_bbox_to_anchor((anchor.x0 / (w * fig.dpi), (anchor.y0 / fig.dpi + inches) / new_h),
+                              transform=fig.transFigure)
 
 
 def drawable(text: str) -> str:

@@ -82,29 +82,35 @@ def image_sizes(ds: University1652, seed: int = 0, n: int = 200) -> pd.DataFrame
 
 
 def contact_sheet(ds: University1652, building: str, cfg, n_drone: int = 4, n_street: int = 4):
-    """One place seen three ways: its satellite tile (left, larger), drone views (high to low) and street views."""
+    """One place seen three ways: its satellite tile (left, larger), drone views (high to low) and street views.
+    Each row label says how many of the building's images of that view it shows."""
     sat = ds.train.satellite[building][0]
-    drone = ds.train.drone.get(building, [])
-    drone = [drone[round(i * (len(drone) - 1) / max(n_drone - 1, 1))] for i in range(min(n_drone, len(drone)))]
-    street = ds.train.street[building][:n_street]
-    rows = [("drone (high -> low)", drone), ("street", street)]
+    all_drone = ds.train.drone.get(building, [])
+    drone = [all_drone[round(i * (len(all_drone) - 1) / max(n_drone - 1, 1))]
+             for i in range(min(n_drone, len(all_drone)))]
+    all_street = ds.train.street[building]
+    street = all_street[:n_street]
+    rows = [(f"drone, high -> low\n{len(drone)} of {len(all_drone)}", drone),
+            (f"street\n{len(street)} of {len(all_street)}", street)]
     cols = max(1, *(len(r[1]) for r in rows))
-    fig = plt.figure(figsize=(2.1 * cols + 4.3, 4.9))
-    grid = fig.add_gridspec(2, cols + 1, width_ratios=[2.0] + [1] * cols, wspace=0.06, hspace=0.22,
+    fig = plt.figure(figsize=(2.1 * cols + 4.8, 4.9))
+    # a narrow column between the tile and the rows holds the row labels, clear of both
+    grid = fig.add_gridspec(2, cols + 2, width_ratios=[2.0, 0.28] + [1] * cols, wspace=0.06, hspace=0.22,
                             left=0.03, right=0.99, top=0.86, bottom=0.02)
     ax = fig.add_subplot(grid[:, 0])
     ax.imshow(load_image(sat))
     ax.set_title(f"satellite: {sat.name}", fontsize=8)
     ax.axis("off")
     for r, (label, paths) in enumerate(rows):
+        gap = fig.add_subplot(grid[r, 1])
+        gap.axis("off")
+        gap.text(0.5, 0.5, label, transform=gap.transAxes, rotation=90, va="center", ha="center", fontsize=8)
         for c in range(cols):
-            ax = fig.add_subplot(grid[r, c + 1])
+            ax = fig.add_subplot(grid[r, c + 2])
             ax.axis("off")
             if c < len(paths):
                 ax.imshow(load_image(paths[c]))
                 ax.set_title(paths[c].name, fontsize=7)
-            if c == 0:
-                ax.text(-0.06, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"building {building}: one place, three views")
     return stamp(fig, cfg, model="")
 
@@ -174,7 +180,8 @@ def world_geometry(ds: University1652, n: int = 40, seed: int = 0) -> pd.DataFra
         "target centre: distance from the tile centre", "target: height",
         "street camera: distance to the target's nearest wall", "street camera: distance to the target centre",
         "street camera: height above the ground", "street camera: degrees between view direction and target",
-        "drone camera: ground distance to the target centre", "drone camera: altitude")}
+        "drone camera: ground distance to the target centre", "drone camera: altitude",
+        "drone camera: distance to the target's mid-height (slant range)")}
     for b in picked:
         mask, tx, ty = target_of(world, b)
         loc = world["locations"][b]
@@ -190,6 +197,7 @@ def world_geometry(ds: University1652, n: int = 40, seed: int = 0) -> pd.DataFra
             values["drone camera: ground distance to the target centre"].append(
                 float(np.hypot(cam["x"] - tx, cam["y"] - ty)))
             values["drone camera: altitude"].append(float(cam["altitude"]))
+            values["drone camera: distance to the target's mid-height (slant range)"].append(float(cam["range"]))
     rows = [{"quantity": k, "min": min(v), "median": float(np.median(v)), "max": max(v), "values": len(v)}
             for k, v in values.items() if v]
     out = pd.DataFrame(rows).set_index("quantity")

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter
 
 from ..u1652 import load_image
-from . import framed, stamp
+from . import framed, legend_below, stamp
 
 GOOD, QUERY, OTHER = "#1a9850", "#2166ac", "0.75"
 
@@ -101,8 +101,8 @@ def retrieval_grid(result, cfg, queries: Sequence[int], k: int = 10, title: Opti
         for j, (ax, gi) in enumerate(zip(row[1:k + 1], result.topk_indices[qi][:k]), start=1):
             g = test.gallery[gi]
             good = g.building == q.building
-            title = f"{j}. {g.building}{' ✓' if good else ''}\n{result.topk_scores[qi][j - 1]:.3f}"
-            framed(ax, _thumb(g.path), title, GOOD if good else OTHER, 3 if good else 0.8)
+            caption = f"{j}. {g.building}{' ✓' if good else ''}\n{result.topk_scores[qi][j - 1]:.3f}"
+            framed(ax, _thumb(g.path), caption, GOOD if good else OTHER, 3 if good else 0.8)
         if extra:
             row[k + 1].axis("off")
             truth = _true_tile(result, qi) if rank > k else None
@@ -183,13 +183,13 @@ def query_tile_similarities(result, cfg, max_buildings: int = 30, seed: int = 0)
     ax.plot(best, np.arange(len(rows)), "o", ms=3, color="white", mec="k", mew=0.4)
     ax.set_xlabel(f"satellite tiles of {len(chosen)} buildings")
     ax.set_ylabel(f"their {len(rows)} street queries")
-    ax.set_title(f"similarity of street queries to satellite tiles: the row maximum is the true tile for "
-                 f"{hits} of {len(rows)} rows", fontsize=10)
+    ax.set_title(f"similarity of street queries to the tiles of {len(chosen)} buildings (a sub-gallery of "
+                 f"{len(cols)} tiles):\namong these tiles the row maximum is the true tile for {hits} of {len(rows)} rows",
+                 fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, fill=False, ec="cyan", lw=1.4),
                plt.Line2D([], [], ls="none", marker="o", ms=4, color="white", mec="k", mew=0.4)]
-    ax.legend(handles, ["true pairs (a building's queries x its tile)", "row maximum"], loc="upper center",
-              bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.colorbar(im, ax=ax, label="cosine similarity")
+    legend_below(fig, handles, ["true pairs (a building's queries x its tile)", "row maximum"], ncol=2)
     return stamp(fig, cfg, model=result.model_description)
 
 
@@ -211,23 +211,27 @@ def embedding_projection(result, cfg, n_highlight: int = 8, seed: int = 0):
     test = result.test
     (qs, gs), explained = pca_2d(result.query_features, result.gallery_features)
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    ax.scatter(*qs.T, s=6, c="0.78", label="street queries")
-    ax.scatter(*gs.T, s=18, c="0.55", marker="^", label="satellite tiles")
+    ax.scatter(*qs.T, s=6, c="0.78", label="street queries (all)")
+    ax.scatter(*gs.T, s=18, c="0.55", marker="^", label="satellite tiles (all)")
     asked = sorted(set(test.query_ids))
     rng = np.random.default_rng(seed)
-    colours = plt.get_cmap("tab10")
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]   # tab10's grey would vanish
     gallery_of = {g.building: i for i, g in enumerate(test.gallery)}
     highlight = sorted(rng.choice(asked, min(n_highlight, len(asked)), replace=False))
     for c, b in enumerate(highlight):
         qi = [i for i, q in enumerate(test.queries) if q.building == b]
         gi = gallery_of.get(b)
-        ax.scatter(*qs[qi].T, s=22, color=colours(c % 10))
+        ax.scatter(*qs[qi].T, s=22, color=palette[c % len(palette)])
         if gi is not None:
-            ax.scatter(*gs[gi], s=140, color=colours(c % 10), marker="*", edgecolors="k", lw=0.6)
+            ax.scatter(*gs[gi], s=140, color=palette[c % len(palette)], marker="*", edgecolors="k", lw=0.6)
             for i in qi:
-                ax.plot(*np.stack([qs[i], gs[gi]]).T, color=colours(c % 10), lw=0.7, alpha=0.7)
+                ax.plot(*np.stack([qs[i], gs[gi]]).T, color=palette[c % len(palette)], lw=0.7, alpha=0.7)
     ax.set_xlabel(f"PC 1 ({explained[0] * 100:.0f} % of variance)")
     ax.set_ylabel(f"PC 2 ({explained[1] * 100:.0f} % of variance)")
-    ax.set_title(f"embeddings in 2-D (PCA); {len(highlight)} buildings in colour: dots street, star satellite")
-    ax.legend(loc="best", fontsize=8)
+    ax.scatter([], [], s=22, color=palette[0], label="a coloured building's street photos")
+    ax.scatter([], [], s=140, color=palette[0], marker="*", edgecolors="k", lw=0.6, label="its satellite tile")
+    ax.set_title(f"embeddings in 2-D (PCA): grey, every query and tile; {len(highlight)} buildings in colour",
+                 fontsize=10)
+    fig.tight_layout()
+    legend_below(fig, ncol=2)
     return stamp(fig, cfg, model=result.model_description)

@@ -9,7 +9,7 @@ import torch
 
 from ..datasets import SATELLITE, PairKey, decode_image, drone_choices
 from ..transforms import model_transforms
-from . import framed, stamp
+from . import describe_model, framed, legend_below, stamp
 
 
 def to_image(x: torch.Tensor, data_config: dict) -> np.ndarray:
@@ -57,10 +57,11 @@ SIMILARITY_RANGE = (0.0, 1.0)
 
 @torch.no_grad()
 def batch_similarities(model, street: torch.Tensor, satellite: torch.Tensor, cfg, title: str, temperature: float = 0.1,
-                       vrange: tuple[float, float] = SIMILARITY_RANGE):
+                       vrange: tuple[float, float] = SIMILARITY_RANGE, weights: str | None = None):
     """The InfoNCE picture for one batch: cosine similarities street x satellite, thumbnails on the axes,
     and the softmax of row i that the loss pushes towards its diagonal cell. The colour scale is fixed
-    (`vrange`, 0 to 1 by default), so matrices before and after training compare by colour."""
+    (`vrange`, 0 to 1 by default), so matrices before and after training compare by colour. `weights`: which
+    weights the model holds (e.g. "trained checkpoint default/train/best.pt"), for the stamp."""
     was_training = model.training
     model.eval()
     s, g = model(street, satellite)
@@ -96,7 +97,7 @@ def batch_similarities(model, street: torch.Tensor, satellite: torch.Tensor, cfg
                  f"right for {correct:.0%} of the rows (chance: 1/{n} = {1 / n:.0%})", fontsize=9)
     fig.text(0.02, 0.5, "street photos (rows)", rotation=90, va="center", fontsize=8)
     fig.text(0.5, 0.9, "satellite tiles (columns)", ha="center", fontsize=8)
-    return stamp(fig, cfg)
+    return stamp(fig, cfg, model=describe_model(cfg) + (f"; weights: {weights}" if weights else ""))
 
 
 
@@ -122,10 +123,9 @@ def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = No
     b = batch_size or cfg.batch_size
     ax.axhline(math.log(b), color="0.5", ls=":", lw=1, label=f"chance: log {b} = {math.log(b):.2f}")
     ax.set_ylim(0, max(math.log(b), log["loss"].max()) * 1.15)
-    ax.legend(fontsize=7, loc="lower left")   # a label in the legend cannot sit on the curve
     ax.set_xlabel("epoch")
-    ax.set_ylabel("InfoNCE loss")
-    ax.set_title("training loss")
+    ax.set_ylabel({"infonce": "InfoNCE", "ntxent": "NT-Xent"}.get(cfg.loss, cfg.loss) + " loss")
+    ax.set_title("training loss", fontsize=10)
     val = log.dropna(subset=["R@1"])
     which = val["eval_set"].iloc[0] if len(val) else cfg.select_on
     for k, c in RECALL_COLOURS.items():
@@ -142,31 +142,32 @@ def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = No
     bx.set_ylabel("%")
     bx.set_ylim(0, 100)
     if val_gallery:
-        bx.plot([], [], color="0.4", ls=":", lw=1.2, label="chance (k / tiles)")
-    bx.legend(fontsize=7, loc="best")
+        bx.plot([], [], color="0.4", ls=":", lw=1.2, label="recall by chance (k / tiles)")
     size = f", {val_gallery} tiles" if val_gallery else ""
     bx.set_title(f"recall on the {_eval_name(which)}{size}", fontsize=10)
-    cx.plot(log["epoch"], log["temperature"], color="#762a83", label="temperature")
+    cx.plot(log["epoch"], log["temperature"], color="#762a83", label="temperature T")
     cx.set_xlabel("epoch")
     cx.set_ylabel("temperature T", color="#762a83")
     dx = cx.twinx()
-    dx.plot(log["epoch"], log["drone_rate"], color="#d73027", alpha=0.6, lw=1)
-    dx.axhline(cfg.drone_rate, color="#d73027", ls=":", lw=1)
+    dx.plot(log["epoch"], log["drone_rate"], color="#d73027", alpha=0.6, lw=1, label="drone substitutions per epoch")
+    dx.axhline(cfg.drone_rate, color="#d73027", ls=":", lw=1, label=f"drone_rate P = {cfg.drone_rate:g} (the target)")
     dx.set_ylabel("drone substitutions (realised)", color="#d73027")
     dx.set_ylim(0, max(0.05, 2 * cfg.drone_rate))
-    cx.set_title("temperature and drone rate")
+    cx.set_title("temperature and drone rate", fontsize=10)
     for a in (ax, bx, cx):
         a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
+    legend_below(fig, ncol=4, fontsize=7)   # inside a panel it would cover a curve or a chance line
     return stamp(fig, cfg)
 
 
-def val_and_test(log, val_gallery: int, test_metrics: dict, cfg):
+def val_and_test(log, val_gallery: int, test_metrics: dict, cfg, model: str | None = None):
     """Validation and test recall side by side, each with its chance level and gallery size. Left: R@1/5/10 of
     the selected epoch on the checked set and on the test set, chance as a dashed mark over each bar. Right: the
     same recalls against k as a share of each gallery (R@10 of 40 tiles inspects a quarter of the gallery, R@10
     of 200 tiles a twentieth), with the test CMC as a curve when `test_metrics` holds it.
-    test_metrics: notebook 03's metrics (R@1, R@5, R@10, n_gallery; optionally cmc)."""
+    test_metrics: notebook 03's metrics (R@1, R@5, R@10, n_gallery; optionally cmc). model: the stamp's model
+    line (notebook 03: the retrieval result's, which names the evaluated weights)."""
     best = _selected(log)
     n_test = int(test_metrics["n_gallery"])
     ks = [int(k[2:]) for k in RECALL_COLOURS]
@@ -189,10 +190,9 @@ def val_and_test(log, val_gallery: int, test_metrics: dict, cfg):
                     fontweight="bold")
         ax.hlines(chance, xs - width / 2, xs + width / 2, colors="k", linestyles="--", lw=1.5)
     ax.plot([], [], "k--", lw=1.5, label="chance = k / tiles in the gallery")
-    ax.set(xticks=range(len(ks)), xticklabels=[f"R@{k}" for k in ks], ylim=(0, 112), ylabel="%")
+    ax.set(xticks=range(len(ks)), xticklabels=[f"R@{k}" for k in ks], ylim=(0, 105), ylabel="%")
     ax.set_yticks(range(0, 101, 20))
     ax.set_title("R@1 / R@5 / R@10 of the selected weights; dashed: chance", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
     if "cmc" in test_metrics:
         cmc = np.asarray(test_metrics["cmc"])[:n_test]
         share = 100 * np.arange(1, n_test + 1) / n_test
@@ -206,9 +206,9 @@ def val_and_test(log, val_gallery: int, test_metrics: dict, cfg):
     bx.set(xlim=(100 / max(n_test, val_gallery or 1) / 1.5, 100), ylim=(0, 101),
            xlabel="k as a share of the gallery (%)", ylabel="R@k (%)")
     bx.set_title("the same recalls against the share of the gallery inspected", fontsize=10)
-    bx.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return stamp(fig, cfg)
+    legend_below(fig, ncol=2, fontsize=7)   # over the bars it covered the tallest one
+    return stamp(fig, cfg, model=model)
 
 
 def eval_batch(retrieval_set, model, cfg, n: int = 8, seed: int = 0):
