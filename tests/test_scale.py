@@ -140,3 +140,39 @@ def test_torchrun_two_gloo_processes_give_one_process_features(tiny_world_output
     summary = json.loads((outputs / "two" / "retrieval" / "metrics.json").read_text())
     assert summary["n_extra_distractors"] == 4 and summary["n_gallery"] == len(result.test.gallery)
     assert "4 rendered tiles" in summary["data"]
+
+
+# --- accuracy against gallery size --------------------------------------------------------------------------------
+
+def test_top_list_metrics_equal_the_official_metric_when_the_list_holds_the_gallery():
+    rng = np.random.default_rng(5)
+    q, g = rng.standard_normal((40, 8)).astype(np.float32), rng.standard_normal((9, 8)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    gids = ["a", "b", "a", None, "c", EXTRA, "d", "-1", "b"]
+    qids = list(rng.choice(["a", "b", "c", "d", "e"], 40))
+    from vici_utils.gallery import top_list_metrics
+
+    full = metrics.evaluate(q, g, qids, gids)
+    listed = top_list_metrics(metrics.full_ranking(q, g), qids, gids)
+    for k in ("R@1", "R@10", "AP"):
+        assert listed[k] == pytest.approx(full[k], abs=1e-6), k
+    short = top_list_metrics(metrics.full_ranking(q, g)[:, :2], qids, gids)
+    assert short["AP"] <= full["AP"] + 1e-9 and short["R@1"] == pytest.approx(full["R@1"])
+
+
+def test_size_curve_exact_rows_are_the_official_metric_of_each_prefix():
+    from vici_utils.gallery import size_curve
+
+    rng = np.random.default_rng(6)
+    g = rng.standard_normal((600, 16)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q = g[:30] + 0.3 * rng.standard_normal((30, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gids = [f"{i:04d}" for i in range(30)] + [EXTRA] * 570
+    curve = size_curve(q, g, gids[:30], gids, [30, 600], spec="IVF4,Flat", nprobe=4, rescore_k=20)
+    exact = curve[curve.search == "exact"].set_index("size")
+    assert exact.loc[600, "AP"] == pytest.approx(metrics.evaluate(q, g, gids[:30], gids)["AP"])
+    assert exact.loc[600, "R@1"] <= exact.loc[30, "R@1"]  # distractors can only push true matches down
+    comp = curve[curve.search == "compressed"].set_index("size")
+    assert comp.loc[600, "R@1"] == pytest.approx(exact.loc[600, "R@1"])  # every list visited: exact top 10
