@@ -176,3 +176,16 @@ def test_size_curve_exact_rows_are_the_official_metric_of_each_prefix():
     assert exact.loc[600, "R@1"] <= exact.loc[30, "R@1"]  # distractors can only push true matches down
     comp = curve[curve.search == "compressed"].set_index("size")
     assert comp.loc[600, "R@1"] == pytest.approx(exact.loc[600, "R@1"])  # every list visited: exact top 10
+
+
+def test_notebook_03_draws_the_gallery_size_curve_when_extra_tiles_are_present(tiny_world_outputs, monkeypatch,
+                                                                              tmp_path):
+    from tests.notebooks import execute
+
+    monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
+    monkeypatch.setenv("VICI_HEADLESS", "1")
+    text, images = execute("03_retrieval.ipynb", tmp_path / "03.ipynb", **TINY_WORLD, **TINY_MODEL, run_name="nb03x",
+                           epochs=0, world_extra_distractors=60)
+    assert "gallery tiles (" in text and "stays within" in text and "No extra distractor tiles" not in text
+    summary = json.loads((tiny_world_outputs / "nb03x" / "retrieval" / "metrics.json").read_text())
+    assert summary["n_extra_distractors"] == 60 and "60 rendered tiles" in summary["data"]

@@ -62,7 +62,10 @@ def with_extra_tiles(cfg, test: RetrievalSet, progress: bool = True) -> Retrieva
 def compressed_spec(n: int, dim: int) -> str:
     """A compressed index for a gallery of n tiles: about sqrt(n) inverted lists (at least 4, 39 training points
     each), PQ of 64 bytes where 64 divides dim (else dim / 4 at most 64), with 4-bit codes below 10,000 tiles
-    (8-bit codebooks need ~10,000 points to train)."""
+    (8-bit codebooks need ~10,000 points to train). Below 64 tiles there is nothing to train a quantiser on:
+    "Flat" (exact)."""
+    if n < 64:
+        return "Flat"
     lists = int(2 ** np.clip(np.round(np.log2(np.sqrt(n))), 2, 12))
     lists = max(4, min(lists, n // 39))
     m = 64 if dim % 64 == 0 else max(d for d in range(1, min(64, dim) + 1) if dim % d == 0)
