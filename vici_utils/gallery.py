@@ -60,16 +60,16 @@ def with_extra_tiles(cfg, test: RetrievalSet, progress: bool = True) -> Retrieva
 # --- accuracy against gallery size --------------------------------------------------------------------------------
 
 def compressed_spec(n: int, dim: int) -> str:
-    """A compressed index for a gallery of n tiles: about sqrt(n) inverted lists (at least 4, 39 training points
-    each), PQ of 64 bytes where 64 divides dim (else dim / 4 at most 64), with 4-bit codes below 10,000 tiles
-    (8-bit codebooks need ~10,000 points to train). Below 64 tiles there is nothing to train a quantiser on:
-    "Flat" (exact)."""
-    if n < 64:
+    """A compressed index for a gallery of n tiles: about sqrt(n) inverted lists (39 training tiles each at least,
+    faiss's own minimum), PQ of 64 bytes where 64 divides dim (else the largest divisor below 64), with 4-bit
+    codes (16 centroids: 624 training tiles) below 9,984 tiles, the minimum of 8-bit codes (256 centroids).
+    Below 624 tiles there is too little to train a quantiser on: "Flat" (exact)."""
+    if n < 16 * 39:
         return "Flat"
     lists = int(2 ** np.clip(np.round(np.log2(np.sqrt(n))), 2, 12))
-    lists = max(4, min(lists, n // 39))
+    lists = max(1, min(lists, n // 39))
     m = 64 if dim % 64 == 0 else max(d for d in range(1, min(64, dim) + 1) if dim % d == 0)
-    return f"IVF{lists},PQ{m}{'x4' if n < 10_000 else ''}"
+    return f"IVF{lists},PQ{m}{'x4' if n < 256 * 39 else ''}"
 
 
 def top_list_metrics(indices: np.ndarray, query_ids, gallery_ids) -> dict:
