@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 from . import stamp
 
@@ -18,11 +19,14 @@ def gallery_size_figure(curve, cfg, model: str):
             label = "exact (flat)" if search == "exact" else f"compressed: {part['index'].iloc[-1]}"
             ax.plot(part["size"], part[measure], style, label=label, ms=4)
         ax.set_xscale("log")
+        sizes = sorted(curve["size"].unique())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes], fontsize=7, rotation=30)
         ax.set_xlabel("gallery tiles")
         ax.set_title(measure + (" (%)" if measure != "AP" else " (%; compressed: top-10 lower bound)"), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle("Street -> satellite accuracy as distractor tiles join the gallery", fontsize=10)
     fig.tight_layout()
     return stamp(fig, cfg, model=model)
