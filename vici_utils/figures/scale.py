@@ -26,7 +26,8 @@ def gallery_size_figure(curve, cfg, model: str):
         ax.set_title(measure + (" (%)" if measure != "AP" else " (%; compressed: top-10 lower bound)"), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle("Street -> satellite accuracy as distractor tiles join the gallery", fontsize=10)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncol=2, loc="upper center",
+               bbox_to_anchor=(0.5, 0.93), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     return stamp(fig, cfg, model=model)
