@@ -189,3 +189,15 @@ def test_notebook_03_draws_the_gallery_size_curve_when_extra_tiles_are_present(t
     assert "gallery tiles (" in text and "stays within" in text and "No extra distractor tiles" not in text
     summary = json.loads((tiny_world_outputs / "nb03x" / "retrieval" / "metrics.json").read_text())
     assert summary["n_extra_distractors"] == 60 and "60 rendered tiles" in summary["data"]
+
+
+def test_lazy_scores_index_like_the_score_matrix():
+    from vici_utils.retrieval import LazyScores, _scores
+
+    rng = np.random.default_rng(8)
+    q, g = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((7, 4)).astype(np.float32)
+    full, lazy = q @ g.T, LazyScores(q, g)
+    assert lazy.shape == full.shape and lazy[2, 3] == pytest.approx(full[2, 3], abs=1e-6)
+    rows, cols = np.array([4, 0]), np.array([6, 1, 2])
+    np.testing.assert_allclose(lazy[np.ix_(rows, cols)], full[np.ix_(rows, cols)], atol=1e-6)
+    assert isinstance(_scores(q, g), np.ndarray)  # small galleries keep today's matrix
