@@ -149,7 +149,7 @@ class LazyScores:
         q = np.asarray(self.qf[rows.ravel()], np.float32)
         g = np.asarray(self.gf[cols.ravel()], np.float32)
         if rows.ndim == 0 and cols.ndim == 0:
-            return np.float32(q @ g)
+            return np.float32(q[0] @ g[0])
         return (q @ g.T).reshape(rows.shape[0], cols.shape[-1])
 
 
