@@ -84,8 +84,11 @@ def exact_top10(q, g, block: int = 1 << 16):
 
 
 def agreement(found, exact, truth) -> tuple[float, float, int]:
-    """Share of top-10 lists equal to exact's, share of exact's right top-1s kept, and how many exact got right."""
+    """Share of top-10 lists equal to exact's (same tiles, same order; the mean share of exact's top-10 tiles
+    found is printed beside it), share of exact's right top-1s kept, and how many exact got right."""
     same = float(np.mean((found == exact).all(1)) * 100)
+    overlap = np.mean([len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist())]) * 10
+    print(f"  top-10 tiles in common with exact: {overlap:.1f} %")
     right = exact[:, 0] == truth
     kept = float(np.mean(found[right, 0] == truth[right]) * 100) if right.any() else float("nan")
     return same, kept, int(right.sum())
