@@ -208,3 +208,55 @@ def test_hnsw_search_finds_the_exact_neighbours_on_a_small_gallery():
     assert np.mean([len(set(a) & set(b)) for a, b in zip(exact, approx)]) / 5 > 0.9
     with pytest.raises(ValueError, match="flat"):
         metrics.search(q, g, 5, index="ivf")
+
+
+# --- blockwise over the gallery (issue 24) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gallery_block", [1, 7, 64])
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("protocol", metrics.PROTOCOLS)
+def test_gallery_blocks_give_the_same_metric_as_one_block(gallery_block, seed, protocol):
+    """Ties (coarse scores), junk and queries without a match, split across gallery blocks of any size."""
+    rng = np.random.default_rng(seed)
+    nq, ng = 120, 80
+    gids = [None if r < 0.05 else ("-1" if r < 0.1 else f"{rng.integers(0, 40):04d}") for r in rng.random(ng)]
+    qids = [f"{i:04d}" for i in rng.integers(0, 45, nq)]
+    q, g = scores_to_features(np.round(rng.uniform(-0.1, 0.1, (nq, ng)), 2))
+    whole = metrics.evaluate(q, g, qids, gids, protocol)
+    split = metrics.evaluate(q, g, qids, gids, protocol, gallery_block=gallery_block)
+    for key in ("R@1", "R@5", "R@10", "AP", "R@top1%"):
+        assert split[key] == pytest.approx(whole[key], abs=1e-6), key
+    np.testing.assert_array_equal(split["first_match_rank"], whole["first_match_rank"])
+    np.testing.assert_allclose(split["ap"], whole["ap"], atol=1e-6)
+    cmc, ap = metrics.evaluate_loop(lambda i: g @ q[i], qids, gids, protocol)
+    np.testing.assert_allclose(split["cmc"], cmc, atol=1e-6)
+    assert split["AP"] == pytest.approx(ap, abs=1e-6)
+
+
+def test_a_100k_gallery_blockwise_equals_the_brute_force_reference(tmp_path):
+    """100,000 tiles (2 % junk, clustered so near-ties are common), float32 in memory and float16 memory-mapped,
+    against the per-query argsort of the official evaluator on the full score rows."""
+    rng = np.random.default_rng(24)
+    ng, nq, dim = 100_000, 60, 32
+    centres = unit(rng.standard_normal((50, dim)))
+    g = unit(centres[rng.integers(0, 50, ng)] + 0.3 * rng.standard_normal((ng, dim)).astype(np.float32))
+    gids = [f"{i:06d}" for i in range(ng)]
+    for i in rng.choice(ng, ng // 50, replace=False):
+        gids[i] = None
+    truth = rng.integers(0, ng, nq)
+    q = unit(g[truth] + 0.2 * rng.standard_normal((nq, dim)).astype(np.float32))
+    qids = [gids[i] or "absent" for i in truth]
+    m = metrics.evaluate(q, g, qids, gids, gallery_block=1 << 14)
+    cmc, ap = metrics.evaluate_loop(lambda i: g @ q[i], qids, gids)
+    np.testing.assert_allclose(m["cmc"], cmc, atol=1e-6)
+    assert m["AP"] == pytest.approx(ap, abs=1e-6)
+    assert 0 < m["R@1"] < 100 and m["n_gallery"] == ng - ng // 50
+
+    path = tmp_path / "gallery.f16.npy"
+    np.save(path, g.astype(np.float16))
+    g16 = np.load(path, mmap_mode="r")
+    m16 = metrics.evaluate(q, g16, qids, gids, gallery_block=1 << 14)
+    g16f = np.asarray(g16, np.float32)
+    cmc16, ap16 = metrics.evaluate_loop(lambda i: g16f @ q[i], qids, gids)
+    np.testing.assert_allclose(m16["cmc"], cmc16, atol=1e-6)
+    assert m16["AP"] == pytest.approx(ap16, abs=1e-6)

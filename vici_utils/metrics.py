@@ -36,6 +36,7 @@ METRICS = (*RECALLS, "AP")  # the headline numbers of every metrics dict (tables
 _JUNK = -2       # gallery code of a junk image (never a good match, removed before ranking)
 _UNKNOWN = -1    # query code of a query whose building is unknown or absent from the gallery
 _BLOCK = 256     # query rows scored at a time: 256 x 951 scores (~1 MB) stay in the CPU cache
+_COLS = 1 << 16  # gallery images scored at a time: a 256 x 65,536 block of scores is 64 MB
 
 
 def _features(x, name: str) -> np.ndarray:
@@ -233,64 +234,115 @@ def evaluate_scores(scores, query_ids: Sequence, gallery_ids: Sequence, protocol
         raise ValueError(f"scores: expected shape ({len(query_ids)}, {len(gallery_ids)}) = (queries, gallery), "
                          f"got {s.shape}")
     q_code, g_code = _encode_ids(query_ids, gallery_ids, protocol)
-    keep = g_code != _JUNK
-    if keep.all():
-        rows = lambda r0, r1: s[r0:r1]  # noqa: E731
-    else:  # junk never competes: drop its columns, then columns index the kept images
-        rows = lambda r0, r1: s[r0:r1, keep]  # noqa: E731
-    return _evaluate_blocks(rows, q_code, g_code, protocol)
+    kept = np.flatnonzero(g_code != _JUNK)  # junk never competes: columns then index the kept images
+    whole = len(kept) == len(g_code)
+    return _evaluate_blocks(lambda c0, c1: (s[:, c0:c1] if whole else s[:, kept[c0:c1]]),
+                            lambda block, r0, r1: block[r0:r1], q_code, g_code, protocol)
+
+
+def check_gallery(gallery_feats, name: str = "gallery_feats", rows: int = 1 << 16) -> None:
+    """The checks of _features (2-D, non-empty, finite, L2-normalised rows) on a gallery of any float dtype, a
+    memory-mapped one included, a block of rows at a time: a million-tile gallery is never copied whole.
+    float16 rows are held to the norm their rounding allows (2e-3)."""
+    g = gallery_feats
+    if g.ndim != 2 or g.shape[0] == 0 or g.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D array [n, dim] of features, got shape {g.shape}")
+    tol = 2e-3 if g.dtype == np.float16 else 1e-3
+    for r0 in range(0, len(g), rows):
+        x = np.asarray(g[r0:r0 + rows], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        bad = ~(np.abs(norms - 1.0) <= tol)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}: expected finite, L2-normalised rows; row {r0 + i} has norm {norms[i]:.4g}. "
+                             "Normalise with x / ||x|| (embed.extract_features does).")
 
 
 def evaluate(query_feats, gallery_feats, query_ids: Sequence, gallery_ids: Sequence,
-             protocol: str = "official") -> dict:
+             protocol: str = "official", gallery_block: int = _COLS) -> dict:
     """Official metrics of street queries against the gallery: the numbers evaluate_ranking(full_ranking(...))
-    gives, computed without sorting (see evaluate_scores) and without holding the whole score matrix."""
-    q, g = _features(query_feats, "query_feats"), _features(gallery_feats, "gallery_feats")
+    gives, computed without sorting (see evaluate_scores) and blockwise: `gallery_block` gallery rows at a time
+    (float32 copies of them), so neither the score matrix nor a float32 copy of the gallery is ever held whole.
+    `gallery_feats` may be float16 or float32, in memory or memory-mapped (np.load(..., mmap_mode="r"))."""
+    q = _features(query_feats, "query_feats")
+    g = gallery_feats if isinstance(gallery_feats, np.ndarray) else np.asarray(gallery_feats, np.float32)
+    check_gallery(g)
     _check_pair(q, g)
     if len(q) != len(query_ids) or len(g) != len(gallery_ids):
         raise ValueError(f"{len(q)} query features for {len(query_ids)} query ids, "
                          f"{len(g)} gallery features for {len(gallery_ids)} gallery ids: they must match")
     q_code, g_code = _encode_ids(query_ids, gallery_ids, protocol)
-    keep = g_code != _JUNK
-    gt = np.ascontiguousarray(g[keep].T) if not keep.all() else g.T
-    return _evaluate_blocks(lambda r0, r1: q[r0:r1] @ gt, q_code, g_code, protocol)
+    kept = np.flatnonzero(g_code != _JUNK)
+    whole = len(kept) == len(g_code)
+
+    def gallery_scores(c0, c1):
+        rows = g[c0:c1] if whole else g[kept[c0:c1]]
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+    return _evaluate_blocks(gallery_scores, lambda gt, r0, r1: q[r0:r1] @ gt.T, q_code, g_code, protocol,
+                            gallery_block)
 
 
-def _evaluate_blocks(score_rows, q_code: np.ndarray, g_code: np.ndarray, protocol: str) -> dict:
-    """Positions of every good match from blocks of query rows: score_rows(r0, r1) gives the scores of queries
-    r0..r1 against the kept gallery images. A block (scores and masks) stays in the CPU cache."""
+def _evaluate_blocks(gallery_block, score_rows, q_code: np.ndarray, g_code: np.ndarray, protocol: str,
+                     cols: int = _COLS) -> dict:
+    """Positions of every good match, from blocks of (query rows x kept gallery columns).
+
+    gallery_block(c0, c1) prepares kept gallery images c0..c1 (loaded once per pass); score_rows(block, r0, r1)
+    gives queries r0..r1's scores against it. A good match's position is the number of kept images that beat
+    it, summed over column blocks. Its own score is read first from the very product that then counts its block,
+    so a tie is a tie bit for bit: the blocks holding good matches are scored twice (one block of 16 at a million
+    tiles with the distractors after the test gallery), the others once."""
     n_total = len(g_code)
     keep = g_code != _JUNK
     g_code = g_code[keep]
-    cols, n_good = _good_columns(q_code, g_code)
-    pos = np.full(cols.shape, np.iinfo(np.int64).max, dtype=np.int64)
-    mask = np.empty((_BLOCK, len(g_code)), dtype=bool)
+    ng = len(g_code)
+    good, n_good = _good_columns(q_code, g_code)
+    live = good >= 0
+    width = max(1, min(int(cols), ng))
+    starts = range(0, ng, width)
+    target = np.full(good.shape, np.nan, dtype=np.float32)
+    block_of = np.where(live, good // width, -1)
+    for b in np.unique(block_of[live]):
+        c0 = int(b) * width
+        gb = gallery_block(c0, min(c0 + width, ng))
+        for r0 in range(0, len(q_code), _BLOCK):
+            r1 = min(r0 + _BLOCK, len(q_code))
+            rr, jj = np.nonzero(block_of[r0:r1] == b)
+            if len(rr):
+                target[r0 + rr, jj] = score_rows(gb, r0, r1)[rr, good[r0 + rr, jj] - c0]
+    beaten = np.zeros(good.shape, dtype=np.int64)
+    mask = np.empty((_BLOCK, width), dtype=bool)
     # counting a row of booleans into uint16 is ~2x faster than into int64, and cannot overflow below 65,535 columns
-    count = np.uint16 if len(g_code) < np.iinfo(np.uint16).max else np.int64
-    for r0 in range(0, len(q_code), _BLOCK):
-        r1 = min(r0 + _BLOCK, len(q_code))
-        block = score_rows(r0, r1)
-        for j in range(cols.shape[1]):  # over good-match slots (1 for street -> satellite), not over queries
-            live = np.flatnonzero(cols[r0:r1, j] >= 0)
-            if not len(live):
-                continue
-            sub = block if len(live) == len(block) else block[live]
-            c = cols[r0 + live, j]
-            target = sub[np.arange(len(live)), c][:, None]
-            m = mask[:len(live)]
-            beaten_by = np.greater(sub, target, out=m).view(np.uint8).sum(1, dtype=count).astype(np.int64)
-            # every other image is above or below the target, unless it ties with it or is NaN: rare, so one
-            # count over the whole block tells, and only rows with a tie or NaN pay for an equality pass
-            n_below = np.count_nonzero(np.less(sub, target, out=m))
-            if int(beaten_by.sum()) + n_below != len(live) * (sub.shape[1] - 1):
-                below = m.view(np.uint8).sum(1, dtype=count).astype(np.int64)
-                odd = np.flatnonzero(beaten_by + below != sub.shape[1] - 1)
-                equal = np.equal(sub[odd], target[odd])
-                if (beaten_by[odd] + below[odd] + equal.sum(1) != sub.shape[1]).any():
-                    raise ValueError("scores: contains NaN")
-                lower = np.arange(sub.shape[1])[None, :] < c[odd, None]  # ties rank by lower gallery index
-                beaten_by[odd] += (equal & lower).sum(1)
-            pos[r0 + live, j] = beaten_by
+    count = np.uint16 if width < np.iinfo(np.uint16).max else np.int64
+    for c0 in starts:
+        c1 = min(c0 + width, ng)
+        gb = gallery_block(c0, c1)
+        for r0 in range(0, len(q_code), _BLOCK):
+            r1 = min(r0 + _BLOCK, len(q_code))
+            block = score_rows(gb, r0, r1)
+            for j in range(good.shape[1]):  # over good-match slots (1 for street -> satellite), not over queries
+                rows = np.flatnonzero(live[r0:r1, j])
+                if not len(rows):
+                    continue
+                sub = block if len(rows) == len(block) else block[rows]
+                c = good[r0 + rows, j]
+                t = target[r0 + rows, j][:, None]
+                inside = ((c >= c0) & (c < c1)).astype(np.int64)  # the good match itself is in this block
+                m = mask[:len(rows), :c1 - c0]
+                beaten_by = np.greater(sub, t, out=m).view(np.uint8).sum(1, dtype=count).astype(np.int64)
+                # every other image is above or below the target, unless it ties with it or is NaN: rare, so one
+                # count over the whole block tells, and only rows with a tie or NaN pay for an equality pass
+                n_below = np.count_nonzero(np.less(sub, t, out=m))
+                if int(beaten_by.sum()) + n_below != len(rows) * sub.shape[1] - int(inside.sum()):
+                    below = m.view(np.uint8).sum(1, dtype=count).astype(np.int64)
+                    odd = np.flatnonzero(beaten_by + below != sub.shape[1] - inside)
+                    equal = np.equal(sub[odd], t[odd])
+                    if (beaten_by[odd] + below[odd] + equal.sum(1) != sub.shape[1]).any():
+                        raise ValueError("scores: contains NaN")
+                    lower = np.arange(c0, c1)[None, :] < c[odd, None]  # ties rank by lower gallery index
+                    beaten_by[odd] += (equal & lower).sum(1)
+                beaten[r0 + rows, j] += beaten_by
+    pos = np.where(live, beaten, np.iinfo(np.int64).max)
     pos.sort(axis=1)  # padding slots hold the largest int64, so they sort last
     return _summarise(pos, n_good, n_total, int(keep.sum()), protocol)
 

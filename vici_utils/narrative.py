@@ -342,3 +342,15 @@ def test_task(n_query: int, n_buildings: int, n_gallery: int, n_distractors: int
                     "R@1 = {chance} %",
                     q=Fact(n_query, "d"), b=Fact(n_buildings, "d"), g=Fact(n_gallery, "d"), d=Fact(n_distractors, "d"),
                     chance=Fact(100 / n_gallery, ".2f", "= 100 / g"))
+
+
+def gallery_size(curve) -> str:
+    """What growing the gallery did, from gallery.size_curve's rows (exact and compressed search per size)."""
+    exact = curve[curve.search == "exact"].set_index("size")
+    comp = curve[curve.search == "compressed"].set_index("size")
+    n0, n1 = exact.index.min(), exact.index.max()
+    worst = (exact["R@1"] - comp["R@1"]).abs().max()
+    return (f"From {n0:,} to {n1:,} gallery tiles ({n1 / n0:.0f}x), exact search's R@1 goes from "
+            f"{exact.loc[n0, 'R@1']:.1f} % to {exact.loc[n1, 'R@1']:.1f} % and R@10 from {exact.loc[n0, 'R@10']:.1f} % "
+            f"to {exact.loc[n1, 'R@10']:.1f} %; the compressed index ({comp['index'].iloc[-1]}) stays within "
+            f"{worst:.1f} points of exact R@1 at every size.")

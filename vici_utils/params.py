@@ -136,8 +136,22 @@ class Params(BaseModel):
     # --- retrieval evaluation -------------------------------------------------------------------
     flip_tta: bool = Field(False, description="retrieval embeds each image plus its horizontal flip (the official "
                                               "test.py option)")
-    faiss_index: Literal["flat", "hnsw"] = Field("flat", description=(
-        "gallery search: flat = exact; hnsw = approximate graph search, for galleries of millions"))
+    faiss_index: str = Field("flat", pattern=r"^[A-Za-z0-9_,.>=]+$", description=(
+        "gallery search: flat = exact; hnsw = approximate graph search; or any faiss index_factory string, e.g. "
+        "IVF4096,PQ64 (trained on a sample of the gallery, saved in retrieval/ and reused; vici_utils.search)"))
+    faiss_nprobe: int = Field(32, ge=1, description="inverted lists visited per query by an IVF index")
+    faiss_rescore_k: Optional[int] = Field(None, ge=1, description=(
+        "K': the index proposes this many candidates and their exact cosine from the stored features ranks the "
+        "top 10; None = the index's own scores (exact for flat)"))
+    features_dtype: Literal["float32", "float16"] = Field("float32", description=(
+        "rows of the sharded embedding's memory-mapped features (python -m vici_utils.embed); float16 halves "
+        "the file (2 GB per million 1,024-d tiles)"))
+    extra_gallery: list[str] = Field(default_factory=list, description=(
+        "folders of satellite tiles that join the test gallery as distractors (University-160k's "
+        "gallery_satellite_160k, or any folder of tiles); [] = none"))
+    world_extra_distractors: int = Field(0, ge=0, description=(
+        "embedded world: this many satellite-only distractor tiles rendered (cached under outputs/worlds/) join "
+        "the test gallery, and notebook 03 plots accuracy against gallery size; 0 = none (the fast default)"))
     eval_batch_size: int = Field(128, ge=1, description="images per batch when embedding (validation, retrieval)")
 
     # --- re-ranking -----------------------------------------------------------------------------

@@ -15,8 +15,16 @@ def describe_data(cfg) -> str:
         return (f"embedded world (seed {cfg.world_seed}, {cfg.world_train_locations} train / "
                 f"{cfg.world_test_locations} test + {cfg.world_distractors} distractor locations, "
                 f"difficulty {cfg.world_difficulty:g}"
-                + (f", {cfg.world_drone_views} drone views per building" if cfg.world_drone_views else "") + ")")
-    return f"University-1652 at {Path(cfg.data_root).name or cfg.data_root}"
+                + (f", {cfg.world_drone_views} drone views per building" if cfg.world_drone_views else "") + ")"
+                + describe_extra(cfg))
+    return f"University-1652 at {Path(cfg.data_root).name or cfg.data_root}" + describe_extra(cfg)
+
+
+def describe_extra(cfg) -> str:
+    """The extra distractor tiles of the test gallery (vici_utils.gallery), '' when there are none."""
+    parts = ([f"{cfg.world_extra_distractors:,} rendered tiles"] if cfg.is_embedded and cfg.world_extra_distractors
+             else []) + [Path(f).name or str(f) for f in cfg.extra_gallery]
+    return f"; test gallery + extra distractors: {', '.join(parts)}" if parts else ""
 
 
 def backbone_weights(cfg) -> str:

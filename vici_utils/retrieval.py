@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import answers, metrics
-from .device import resolve_device
-from .embed import cached_features, state_dict_hash
+from . import answers, metrics, search
+from .device import resolve_device, resolve_precision
+from .embed import cached_features, read_merged, state_dict_hash, tower_features_key
+from .gallery import with_extra_tiles
 from .models import load_model_for_eval
 from .paths import run_dir
 from .run_folder import (ANSWER, FEATURES, METRICS, RETRIEVAL, TOPK, TRAIN, VAL_FEATURES, trained_checkpoint,
@@ -121,7 +122,17 @@ class _Embedder:
         self.cfg, self.model, self.transforms, self.device, self.progress = cfg, model, transforms, device, progress
         self.key = f"{model.config}|{state_dict_hash(model)}"
 
-    def __call__(self, items: Sequence[ImageItem], view: str, tag: str) -> np.ndarray:
+    def __call__(self, items: Sequence[ImageItem], view: str, tag: str, merged: Optional[Path] = None) -> np.ndarray:
+        """The features of `items`: those `python -m vici_utils.embed` merged into `merged` (the retrieval folder)
+        when they were embedded with these weights and settings (memory-mapped), else computed or read from the cache."""
+        if merged is not None:
+            key = tower_features_key(self.key, view, self.transforms[view], items, self.cfg.flip_tta,
+                                     resolve_precision(self.cfg.precision, self.device))
+            found = read_merged(merged, "query" if view == "street" else "gallery", key)
+            if found is not None:
+                if self.progress:
+                    print(f"{tag}: {len(found):,} features read from the sharded embedding in {merged}")
+                return found
         fn = self.model.encode_street if view == "street" else self.model.encode_satellite
         return cached_features(fn, items, self.transforms[view], model_key=f"{self.key}|{view}", tag=tag,
                                batch_size=self.cfg.eval_batch_size, device=self.device, flip_tta=self.cfg.flip_tta,
@@ -129,21 +140,42 @@ class _Embedder:
                                progress=self.progress)
 
 
-def _top_k(rset: RetrievalSet, qf: np.ndarray, gf: np.ndarray, index: str):
-    """faiss top-k (k = 10, or the whole gallery if smaller): scores, indices, gallery names."""
-    k = min(TOP_K, len(rset.gallery))
-    scores, indices = metrics.search(qf, gf, k, index=index)
+def _top_k(rset: RetrievalSet, qf: np.ndarray, gf: np.ndarray, cfg, folder: Optional[Path] = None):
+    """Top-k (k = 10, or the whole gallery if smaller) with the run's index (search.top_k): scores, indices, names."""
+    scores, indices = search.top_k(qf, gf, TOP_K, cfg.faiss_index, nprobe=cfg.faiss_nprobe,
+                                   rescore_k=cfg.faiss_rescore_k, folder=folder)
     names = answers.names_from_indices(indices, [g.name for g in rset.gallery])
     return scores, indices, names
 
 
-def run_challenge(ds, embed: _Embedder, out_dir: Path, index: str) -> dict:
+class LazyScores:
+    """Cosine scores computed when indexed ([qi, gi] or [np.ix_(rows, cols)]): a gallery past a few thousand
+    tiles never has its query x gallery matrix held (2,579 x 1M float32 would be 10 GB)."""
+
+    def __init__(self, qf, gf):
+        self.qf, self.gf = qf, gf
+        self.shape = (len(qf), len(gf))
+
+    def __getitem__(self, key):
+        rows, cols = (np.asarray(k) for k in key)
+        q = np.asarray(self.qf[rows.ravel()], np.float32)
+        g = np.asarray(self.gf[cols.ravel()], np.float32)
+        if rows.ndim == 0 and cols.ndim == 0:
+            return np.float32(q[0] @ g[0])
+        return (q @ g.T).reshape(rows.shape[0], cols.shape[-1])
+
+
+def _scores(qf, gf):
+    return qf @ np.asarray(gf).T if len(qf) * len(gf) <= 1 << 24 else LazyScores(qf, gf)
+
+
+def run_challenge(ds, embed: _Embedder, out_dir: Path, cfg) -> dict:
     """Embed the masked challenge set, write answer.txt + answer.zip, and score it where ground truth exists."""
     rset = ds.challenge
     qf = embed(rset.queries, "street", "challenge-queries")
     gf = embed(rset.gallery, "satellite", "challenge-gallery")
     save_features(out_dir / FEATURES, rset, qf, gf)
-    _, indices, names = _top_k(rset, qf, gf, index)
+    _, indices, names = _top_k(rset, qf, gf, cfg, out_dir)
     txt, zip_path = answers.write_challenge(out_dir, names, k=indices.shape[1])
     info = {"answer_txt": str(txt), "answer_zip": str(zip_path), "n_query": len(rset.queries),
             "n_gallery": len(rset.gallery), "scored": False}
@@ -188,19 +220,19 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)
 
-    test = ds.test
-    qf = embed(test.queries, "street", "test-queries")
-    gf = embed(test.gallery, "satellite", "test-gallery")
+    test = with_extra_tiles(cfg, ds.test, progress)
+    qf = embed(test.queries, "street", "test-queries", merged=out_dir)
+    gf = embed(test.gallery, "satellite", "test-gallery", merged=out_dir)
     official = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids)
     dropped = metrics.evaluate(qf, gf, test.query_ids, test.gallery_ids, protocol="distractors_dropped")
 
     save_features(out_dir / FEATURES, test, qf, gf)
     validation = _validation(cfg, ds, embed, out_dir)
-    top_scores, top_idx, names = _top_k(test, qf, gf, cfg.faiss_index)
+    top_scores, top_idx, names = _top_k(test, qf, gf, cfg, out_dir)
     answers.write_answer_txt(out_dir / ANSWER, names, k=top_idx.shape[1])
     answers.write_topk_csv(out_dir / TOPK, [q.name for q in test.queries], [g.name for g in test.gallery],
                            top_idx, top_scores)
-    chal = run_challenge(ds, embed, out_dir / "challenge", cfg.faiss_index) if challenge and ds.challenge else None
+    chal = run_challenge(ds, embed, out_dir / "challenge", cfg) if challenge and ds.challenge else None
 
     summary = {
         **metrics.scalars(official),
@@ -217,13 +249,18 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
         "embedding_dim": int(qf.shape[1]),
         "flip_tta": cfg.flip_tta,
         "faiss_index": cfg.faiss_index,
+        **({"faiss_nprobe": cfg.faiss_nprobe, "faiss_rescore_k": cfg.faiss_rescore_k}
+           if cfg.faiss_index not in search.BASIC else {}),
+        "n_extra_distractors": len(test.gallery) - len(ds.test.gallery),
+        "extra_gallery": [str(f) for f in cfg.extra_gallery],
+        "world_extra_distractors": cfg.world_extra_distractors,
         "run_name": cfg.run_name,
         "seconds": round(time.time() - start, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / METRICS, summary)
     model.to("cpu")
-    return RetrievalResult(cfg, out_dir, test, qf, gf, qf @ gf.T, top_idx, top_scores, official, dropped, weights,
+    return RetrievalResult(cfg, out_dir, test, qf, gf, _scores(qf, gf), top_idx, top_scores, official, dropped, weights,
                            chal, summary)
 
 
