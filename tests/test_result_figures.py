@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.figure_checks import assert_legends_clear, assert_shared_y  # noqa: E402
 from vici_utils import results  # noqa: E402
 from vici_utils.figures import rerank as rerank_figures  # noqa: E402
 from vici_utils.figures import results as result_figures  # noqa: E402
@@ -38,31 +39,11 @@ def recorded():
     return results.recorded_tables()
 
 
-def legend_defects(ax) -> list[str]:
-    """What is wrong with an axes' legend: outside the axes, or drawn over a plotted point."""
-    legend = ax.get_legend()
-    if legend is None:
-        return []
-    fig = ax.figure
-    fig.canvas.draw()
-    box, lb = ax.get_window_extent(), legend.get_window_extent()
-    out = []
-    if lb.x0 < box.x0 - 1 or lb.x1 > box.x1 + 1 or lb.y0 < box.y0 - 1 or lb.y1 > box.y1 + 1:
-        out.append("legend outside its axes")
-    for line in ax.get_lines():
-        xy = line.get_xydata()
-        if len(xy) and line.get_visible() and line.get_marker() not in (None, "None", ""):
-            px = ax.transData.transform(xy)
-            if any(lb.contains(x, y) for x, y in px):
-                out.append(f"legend over the points of '{line.get_label()}'")
-    return out
-
-
 def test_drone_rate_legends_sit_inside_clear_of_the_data_and_name_each_recipe(recorded):
     drone = results.of_kind(recorded, "drone_rate")
     fig = result_figures.drone_rate_plot(drone, CFG)
+    assert_legends_clear(fig)
     for ax in fig.axes:
-        assert legend_defects(ax) == [], ax.get_title()
         assert 0 == ax.get_ylim()[0] and ax.get_ylim()[1] <= 100, "recall axes from 0 to at most 100 %"
         assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 7, "a legend one can read"
     labels = " ".join(t.get_text().replace("\n", " ") for t in fig.axes[0].get_legend().get_texts())
@@ -75,7 +56,8 @@ def test_rerank_panels_share_one_y_range_never_above_100(recorded):
     fig = result_figures.rerank_plot(vlms, CFG)
     panels = [ax for ax in fig.axes if ax.patches]
     assert len(panels) == 2, "the recorded sweep and the paper's table"
-    assert len({ax.get_ylim() for ax in panels}) == 1 and panels[0].get_ylim()[1] <= 100
+    assert_shared_y(panels)
+    assert panels[0].get_ylim()[1] <= 100
     assert "16 epochs" in panels[0].get_title(), "the recorded panel says its recipe"
     assert not any(ax.get_legend() for ax in panels), "one figure legend for the metrics, above the panels"
     greys = {tuple(np.round(p.get_facecolor()[:3], 3)) for p in panels[-1].patches}

@@ -285,21 +285,12 @@ def run_sharded(cfg, progress: bool = True) -> dict[str, Path]:
 
 
 def main(argv=None) -> None:
-    import argparse
-
     import torch.distributed as dist
 
-    from .params import ParamsError, load, parse_set
+    from .params import from_command_line
 
-    ap = argparse.ArgumentParser(prog="python -m vici_utils.embed",
-                                 description="Embed a run's test queries and gallery in shards (torchrun).")
-    ap.add_argument("params", nargs="?", help="parameters YAML (default: the embedded defaults)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override parameters")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load(args.params, parse_set(args.set))
-    except ParamsError as e:
-        raise SystemExit(str(e)) from None
+    cfg = from_command_line(argv, "python -m vici_utils.embed",
+                            "Embed a run's test queries and gallery in shards (torchrun).")
     try:
         paths = run_sharded(cfg)
     finally:

@@ -403,6 +403,21 @@ def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -
     return absolutize(params)
 
 
+def from_command_line(argv, prog: str, description: str) -> Params:
+    """`PARAMS [--set key=value ...]` of a module run by torchrun (vici_utils.train, vici_utils.embed); a bad file
+    or value ends the process with the one-sentence message."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("params", nargs="?", help="parameters YAML (default: the embedded defaults)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override parameters")
+    args = ap.parse_args(argv)
+    try:
+        return load(args.params, parse_set(args.set))
+    except ParamsError as e:
+        raise SystemExit(str(e)) from None
+
+
 def absolutize(params: Params) -> Params:
     """Make user paths absolute against the caller's cwd before a notebook (another cwd) sees them."""
     updates = {}

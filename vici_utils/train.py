@@ -9,7 +9,6 @@ result.json (written when training completes; a rerun then returns at once).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from .device import autocast, data_workers, resolve_device, resolve_precision, t
 from .losses import ContrastiveLoss
 from .metrics import METRICS
 from .models import build_model
-from .params import Params, ParamsError, config_differences, load, parse_set, read_yaml, to_yaml
+from .params import Params, config_differences, from_command_line, read_yaml, to_yaml
 from .transforms import model_transforms
 from .run_folder import BEST, LAST, TRAIN, TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT, read_json, stage_dir, write_atomic
 from .progress import progress as progress_bar
@@ -328,14 +327,7 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m vici_utils.train", description=__doc__.splitlines()[0])
-    ap.add_argument("params", nargs="?", help="parameters YAML (default: the embedded defaults)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override parameters")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load(args.params, parse_set(args.set))
-    except ParamsError as e:
-        raise SystemExit(str(e)) from None
+    cfg = from_command_line(argv, "python -m vici_utils.train", __doc__.splitlines()[0])
     try:
         r = train(cfg, progress=True)
     finally:
