@@ -150,7 +150,7 @@ def test_evaluation_refuses_a_checkpoint_of_other_data(tiny_world_outputs, monke
     from vici_utils.train import train
 
     cfg = validate({**TINY_WORLD, **TINY_MODEL, "run_name": "otherdata", "epochs": 1, "batch_size": 8, "device": "cpu",
-                    "val_fraction": 0.0})
+                    "val_fraction": 0.0, "fusion": "weighted"})
     train(cfg, progress=False)
     load_model_for_eval(cfg.model_copy(update={"lr": 0.5, "epochs": 9}))  # training keys: fine
     with pytest.raises(WeightsError, match="world_seed"):
