@@ -269,7 +269,7 @@ def test_notebook_04_says_waiting_in_one_line_and_a_rerun_collects(tiny, server)
     from vici_utils.params import load
 
     cfg = load(None, {"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
-                      "vlm_rpm": 100000, "vlm_mode": "batch", "vlm_max_fallback_share": 1.0})
+                      "vlm_rpm": 100000, "vlm_mode": "batch", "vlm_max_fallback_share": 1.0, "fusion": "weighted"})
     server.states = ["BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"]
     lines = []
     manifest = runner.run(cfg, only=["04"], log=lines.append)

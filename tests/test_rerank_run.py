@@ -164,3 +164,5 @@ def test_fusion_validation_without_validation_features_says_what_to_run(outputs)
     assert not (outputs / "t" / "rerank").exists(), "checked before any work"
     with pytest.raises(ParamsError, match="val_fraction is 0"):
         validate({"fusion": "validation", "val_fraction": 0})
+    with pytest.raises(ParamsError, match="vlm_mode: batch .* cannot choose the fusion rule"):
+        validate({"fusion": "validation", "vlm_mode": "batch"})
