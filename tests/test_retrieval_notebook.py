@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import TINY_MODEL, TINY_WORLD
 from tests.notebooks import execute
-from vici_utils import answers, embed, metrics, params, retrieval
+from vici_utils import answers, baselines, embed, metrics, params, retrieval
 from vici_utils.models import TwoTower
 from vici_utils.paths import run_dir
 from vici_utils.rerank import load_features
@@ -120,7 +120,7 @@ def test_zero_shot_and_init_checkpoint_say_which_weights(tiny_world_outputs, mon
     ckpt = write_best_checkpoint(cfg.model_copy(update={"run_name": "elsewhere"}))
     cfg = cfg.model_copy(update={"init_checkpoint": str(ckpt)})
     assert retrieval.weights_source(cfg).startswith("init_checkpoint best.pt")
-    base = retrieval.colour_histogram_baseline(cfg, retrieval.open_dataset(cfg, progress=False).test, progress=False)
+    base = baselines.colour_histogram_baseline(cfg, retrieval.open_dataset(cfg, progress=False).test, progress=False)
     assert base["protocol"] == "official" and 0 <= base["R@1"] <= 100
 
 

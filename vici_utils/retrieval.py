@@ -8,6 +8,9 @@
                             answer.txt     top-10 gallery names per test query, tab-separated, best first
                             topk.csv       query, rank, gallery, score
                             challenge/     answer.txt + answer.zip (submission format), features.npz
+
+Notebook 03's references and tables are elsewhere: the colour-histogram baseline in baselines.py, the results
+table in retrieval_report.py.
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import csv
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -263,62 +265,3 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     return RetrievalResult(cfg, out_dir, test, qf, gf, _scores(qf, gf), top_idx, top_scores, official, dropped, weights,
                            chal, summary)
 
-
-# --- the "is this a toy?" baseline ---------------------------------------------------------------------------------
-
-class HistogramTransform:
-    """PIL image -> float tensor [3, size, size] in [0, 1] (no normalisation: the histogram needs raw colours)."""
-
-    def __init__(self, size: int = 64):
-        self.size = size
-
-    def __call__(self, img) -> torch.Tensor:
-        img = img.resize((self.size, self.size))
-        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-    def __repr__(self) -> str:
-        return f"HistogramTransform(size={self.size})"
-
-
-def colour_histogram(x: torch.Tensor, bins: int = 8) -> torch.Tensor:
-    """Joint RGB histogram [B, bins^3], square-rooted so a dot product of normalised histograms is the
-    Bhattacharyya coefficient."""
-    q = (x.float() * bins).long().clamp_(0, bins - 1)
-    cell = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
-    hist = torch.zeros(x.shape[0], bins ** 3, device=x.device)
-    hist.scatter_add_(1, cell.flatten(1), torch.ones_like(cell.flatten(1), dtype=hist.dtype))
-    return hist.sqrt()
-
-
-def colour_histogram_baseline(cfg, rset: RetrievalSet, bins: int = 8, progress: bool = True) -> dict:
-    """Official metrics of street -> satellite retrieval by global colour alone (no learning)."""
-    transform = HistogramTransform()
-    kwargs = dict(model_key=f"colour-histogram|bins={bins}", batch_size=256, device="cpu", precision="fp32",
-                  num_workers=cfg.num_workers, progress=progress)
-    fn = partial(colour_histogram, bins=bins)
-    qf = cached_features(fn, rset.queries, transform, tag="histogram-queries", **kwargs)
-    gf = cached_features(fn, rset.gallery, transform, tag="histogram-gallery", **kwargs)
-    return metrics.evaluate(qf, gf, rset.query_ids, rset.gallery_ids)
-
-
-def results_table(result: RetrievalResult, baseline: Optional[dict] = None):
-    """Our numbers (official and the named easier protocol), the colour baseline, chance, and, on
-    University-1652, the paper's published rows beside them."""
-    import pandas as pd
-
-    from . import paper
-
-    cols = ["R@1", "R@5", "R@10", "AP"]
-    rows = [("ours: " + result.cfg.backbone, "official (all gallery images)", *[result.metrics[c] for c in cols]),
-            ("ours: " + result.cfg.backbone, "distractors_dropped (easier)", *[result.metrics_dropped[c] for c in cols])]
-    if baseline is not None:
-        rows.append(("colour histogram (no learning)", "official", *[baseline[c] for c in cols]))
-    ng = result.metrics["n_gallery"]
-    rows.append(("chance", "official", *[100 * min(k, ng) / ng for k in (1, 5, 10)], np.nan))
-    table = pd.DataFrame(rows, columns=["model", "protocol", *cols])
-    table.insert(0, "source", "this run")
-    if not result.cfg.is_embedded:
-        same = paper.BACKBONES[paper.BACKBONES.timm_name == result.cfg.backbone].rename(columns={"backbone": "model"})
-        theirs = pd.concat([same, paper.ABLATION]).assign(protocol="official", AP=np.nan, source=paper.SOURCE)
-        table = pd.concat([table, theirs[["source", "model", "protocol", *cols]]], ignore_index=True)
-    return table.round(2)
