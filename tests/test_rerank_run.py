@@ -8,7 +8,7 @@ from tests.fake_vlm_servers import write_tiny_run
 from tests.notebooks import execute
 from vici_utils import answers, metrics
 from vici_utils.params import ParamsError, validate
-from vici_utils.rerank import fusion, load_features, metrics_table, run_rerank
+from vici_utils.rerank import fusion, load_features, run_rerank
 from vici_utils.rerank.rerankers import RERANKERS, Reranked, RerankError, outcomes_from_orders
 
 
@@ -24,10 +24,9 @@ def retrieval_top10(npz):
 
 def test_none_passes_the_retrieval_order_through(outputs):
     npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
-    result = run_rerank(cfg(rerank_backend="none"), show_progress=False)
-    table = metrics_table(result)
+    m = run_rerank(cfg(rerank_backend="none"), show_progress=False).metrics
     for rule in ("weighted", "vlm", "rrf"):
-        assert (table.loc[rule] == table.loc["retrieval"]).all()
+        assert {k: m[rule][k] for k in metrics.METRICS} == {k: m["retrieval"][k] for k in metrics.METRICS}
     out = outputs / "t" / "rerank"
     assert answers.read_answer_txt(out / "answer_fused.txt") == retrieval_top10(npz)
     assert answers.read_answer_txt(out / "answer_vlm.txt") == retrieval_top10(npz)
@@ -39,7 +38,10 @@ def test_kreciprocal_rewrites_the_order_within_the_top_10_only(outputs):
     out = outputs / "t" / "rerank"
     m = json.loads((out / "metrics.json").read_text())
     assert m["backend"] == "kreciprocal" and m["headline"] == "weighted" and m["top_k"] == 10
-    assert m["counts"]["ok"] == 36 and m["counts"]["fallback"] == 0 and m["cost_usd"] == 0
+    assert m["counts"] == {"ok": 36, "fallback": 0, "requests": 0, "sent": 0, "cached": 0, "invalid_answers": 0,
+                           "gave_up": 0, "retries": 0}, "an offline re-ranker sends no request"
+    assert m["mode"] == "offline" and m["permutations"] == 1 and m["price_factor"] == 1.0 and m["cost_usd"] == 0
+    assert m["tokens"] == {} and m["model_versions"] == {}
     for rule in ("weighted", "vlm", "rrf"):
         assert m[rule]["R@10"] == m["retrieval"]["R@10"] and m[rule]["n_query"] == 36
     assert m["r_at_k_ceiling"] == pytest.approx(m["retrieval"]["R@10"])

@@ -7,12 +7,13 @@ Modules: rerankers (the re-ranker interface and registry), backends (Gemini, Ope
 (the offline re-ranker), ask (the worker pool of network re-rankers), prompt (what the model is asked and
 shown), schema (the answer and its checks), limits (rate limit, retries), cache (stored answers), fusion (the
 fusion rules), redaction (secrets out of everything shown or written), pricing, run (orchestration), report
-(notebook tables), batch (vlm_mode: batch, the Gemini Batch API). Names are imported on first use, so image-encoding worker processes import only what they
-need, and `params` can read the registries without an import circle.
+(notebook tables), batch (vlm_mode: batch, the Gemini Batch API). Names are imported on first use: a module that
+reads a registry (fusion, rerankers: `params` does, and every stage imports params) then loads that module only,
+not the whole stage with pandas and faiss.
 """
 from importlib import import_module
 
-_EXPORTS = {"run_rerank": "run", "RerankResult": "run", "load_features": "run", "metrics_table": "run",
+_EXPORTS = {"run_rerank": "run", "RerankResult": "run", "load_features": "run",
             "RerankError": "rerankers", "RERANKERS": "rerankers", "make_reranker": "rerankers",
             "FUSIONS": "fusion", "RetryPolicy": "limits", "redact": "redaction", "redact_url": "redaction",
             "BatchPending": "batch"}

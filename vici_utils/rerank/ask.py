@@ -29,8 +29,6 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -40,7 +38,7 @@ from .cache import AnswerCache, request_key
 from .limits import RetryPolicy, TokenBucket, TransientError, with_retries
 from .prompt import ImageEncoder, Request, build_request
 from .redaction import redact
-from .rerankers import QueryOutcome, Reranked, RerankError, RerankJob
+from .rerankers import AskStats, QueryOutcome, Reranked, RerankError, RerankJob
 from .schema import AnswerFault, parse_answer
 
 log = logging.getLogger("vici_utils.rerank")
@@ -67,22 +65,12 @@ class Stopped(Exception):
 ANSWER_TEXT = ("summary_ground_image", "summary_satellite_images", "reason")
 
 
-@dataclass
-class AskStats:
-    sent: int = 0
-    cached: int = 0
-    invalid: int = 0
-    gave_up: int = 0
-    retries: int = 0
-    tokens: Counter = field(default_factory=Counter)  # this run's requests only
-    model_versions: Counter = field(default_factory=Counter)
-
-
 class Asker:
-    def __init__(self, backend, cache: AnswerCache, policy: RetryPolicy, rpm: int, stop_after_unusable: int = 10):
+    def __init__(self, backend, cache: AnswerCache, policy: RetryPolicy, rpm: int, stop_after_unusable: int = 10,
+                 stats: Optional[AskStats] = None):
         self.backend, self.cache, self.policy = backend, cache, policy
         self.bucket = TokenBucket(rpm)
-        self.stats = AskStats()
+        self.stats = stats if stats is not None else AskStats()
         self.abort_after = ABORT_AFTER_GIVE_UPS  # ask_all lowers it for runs with fewer requests
         self.stop_after_unusable = stop_after_unusable
         self.stopping = False  # set by ask_all when a worker failed: nothing more is sent
@@ -307,7 +295,7 @@ class VLMReranker:
         orders, jobs, build = self.plan(job, encoder)
         bar = progress_bar(total=len(jobs), desc=f"re-ranking ({self.name} {self.model})",
                            disable=not job.show_progress)
-        asker = Asker(self, cache, policy, cfg.vlm_rpm, cfg.vlm_stop_after_unusable)
+        asker = Asker(self, cache, policy, cfg.vlm_rpm, cfg.vlm_stop_after_unusable, AskStats.asking(cfg, len(jobs)))
 
         def done(item, record):
             bar.update()

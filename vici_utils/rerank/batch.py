@@ -44,7 +44,7 @@ from .cache import AnswerCache, request_key
 from .limits import RetryPolicy, TransientError
 from .prompt import ImageEncoder, ImagePart, Request, image_digest
 from .redaction import redact
-from .rerankers import Reranked, RerankError, RerankJob
+from .rerankers import AskStats, Reranked, RerankError, RerankJob
 
 log = logging.getLogger("vici_utils.rerank")
 
@@ -138,9 +138,10 @@ class BatchAsker:
         cfg = self.cfg
         encoder = ImageEncoder()
         self.cache = AnswerCache(self.job.out_dir / "cache.jsonl")
-        self.asker = Asker(self.backend, self.cache, self.policy, cfg.vlm_rpm)  # validation, records, stats
         try:
             orders, items, self.build = self.backend.plan(self.job, encoder)
+            self.asker = Asker(self.backend, self.cache, self.policy, cfg.vlm_rpm,  # validation, records, stats
+                               stats=AskStats.asking(cfg, len(items)))
             # every request is built once to find its key (the key hashes the image bytes). Without a recorded
             # job still to collect, those without a usable answer go into a new job: they are kept whole, each
             # distinct image once; of the others only the metadata are kept.

@@ -17,10 +17,11 @@ re-ranker (nor this package importing params: no import circle).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,10 +67,31 @@ class RerankJob:
 
 
 @dataclass
+class AskStats:
+    """The requests a re-ranker sent to a model in this run. An offline re-ranker sends none: it keeps the empty
+    default (mode "offline", one order per query, every count zero)."""
+    mode: str = "offline"             # the vlm_mode the requests went out in; "offline": none went out
+    permutations: int = 1             # presented orders per query
+    requests: int = 0                 # (query, order) pairs asked: answered from the store, sent, or given up
+    sent: int = 0
+    cached: int = 0
+    invalid: int = 0
+    gave_up: int = 0
+    retries: int = 0
+    tokens: Counter = field(default_factory=Counter)  # this run's requests only
+    model_versions: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def asking(cls, cfg, requests: int) -> "AskStats":
+        """Empty counts for a run about to ask `requests` (query, order) pairs in cfg.vlm_mode."""
+        return cls(mode=cfg.vlm_mode, permutations=cfg.vlm_permutations, requests=requests)
+
+
+@dataclass
 class Reranked:
     outcomes: list[QueryOutcome]      # one per row of job.ranking, in order
     model: str                        # what produced the orders (model id, or the re-ranker and its settings)
-    stats: Optional[Any] = None       # ask.AskStats for network re-rankers (requests, tokens), else None
+    stats: AskStats = field(default_factory=AskStats)  # the requests to a model (network re-rankers)
     details: dict = field(default_factory=dict)  # more for metrics.json, under the re-ranker's own keys (batch: jobs)
 
 

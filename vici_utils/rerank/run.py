@@ -192,13 +192,13 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     status = Counter(o.status for o in outcomes)
     fallback_kinds = Counter(o.answers[0]["fault"].split(":")[0] for o in outcomes if o.status == "fallback")
     p_in, p_out, price_source = pricing.price(model, cfg.vlm_price_in_per_mtok, cfg.vlm_price_out_per_mtok)
-    factor = pricing.price_factor(cfg) if stats else 1.0
+    factor = pricing.price_factor(cfg)  # 1 unless batch mode, which only a network re-ranker has
     used_tokens = Counter()
     for o in outcomes:
         for a in o.answers:
             if a["ok"]:
                 used_tokens.update(a["usage"] or {})
-    run_tokens = dict(stats.tokens) if stats else {}
+    run_tokens = dict(stats.tokens)
     answered = max(status["ok"], 1)
     gallery_truth = dict(zip(g_names, g_ids))
     metrics = {rule: scalars(m) for rule, m in evaluated.items()}
@@ -207,23 +207,21 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
         "fusion_chosen": chosen,
         "backend": cfg.rerank_backend,
         "model": model,
-        "model_versions": dict(stats.model_versions) if stats else {},
+        "model_versions": dict(stats.model_versions),
         "top_k": k,
-        "permutations": cfg.vlm_permutations if stats else 1,
+        "permutations": stats.permutations,
         "queries_reranked": n_sel,
         "queries_total": len(full),
         "r_at_k_ceiling": float(evaluated["retrieval"]["cmc"][k - 1]),
-        "counts": {"ok": status["ok"], "fallback": status["fallback"],
-                   "requests": sum(len(o.answers) for o in outcomes) if stats else 0,
-                   "sent": stats.sent if stats else 0, "cached": stats.cached if stats else 0,
-                   "invalid_answers": stats.invalid if stats else 0, "gave_up": stats.gave_up if stats else 0,
-                   "retries": stats.retries if stats else 0},
+        "counts": {"ok": status["ok"], "fallback": status["fallback"], "requests": stats.requests,
+                   "sent": stats.sent, "cached": stats.cached, "invalid_answers": stats.invalid,
+                   "gave_up": stats.gave_up, "retries": stats.retries},
         "fallback_reasons": dict(fallback_kinds),
         "max_fallback_share": cfg.vlm_max_fallback_share,
         "tokens": run_tokens,
         "tokens_answers_used": dict(used_tokens),
         "price_per_mtok": {"input": p_in, "output": p_out, "source": price_source},
-        "mode": cfg.vlm_mode if stats else "offline",
+        "mode": stats.mode,
         "price_factor": factor,
         "cost_usd": factor * pricing.cost_usd(run_tokens, p_in, p_out),
         "cost_interactive_usd": pricing.cost_usd(run_tokens, p_in, p_out),  # the same tokens asked one by one
@@ -279,9 +277,3 @@ def _check_fallbacks(cfg, metrics: dict, out_dir: Path, files: dict) -> None:
     log.error(message)
     raise RerankError(message)
 
-
-def metrics_table(result: RerankResult) -> pd.DataFrame:
-    """R@1 / R@5 / R@10 / AP of the retrieval and of each fusion rule, in %."""
-    rows = ["retrieval", *fusion.FUSIONS]
-    return pd.DataFrame([{k: result.metrics[r][k] for k in ("R@1", "R@5", "R@10", "AP")} for r in rows],
-                        index=pd.Index(rows, name="ranking")).round(2)
