@@ -26,7 +26,7 @@ from .run_folder import TRAIN, remake, stage_dir, trained_checkpoint
 from .transforms import model_transforms
 from .weight_sources import PACKAGE, load_package_weights, package_source
 
-VIEWS = ("street", "satellite")
+TOWERS = ("street", "satellite")  # the views the model embeds, one tower each (a drone photo goes through the satellite tower)
 
 # --- backbones ---------------------------------------------------------------------------------------
 def check_backbone_name(name: str) -> None:
@@ -99,8 +99,8 @@ class TwoTower(nn.Module):
         return self.head_street if view == "street" or self.shared else self.head_satellite
 
     def encode(self, x: torch.Tensor, view: str) -> torch.Tensor:
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        if view not in TOWERS:
+            raise ValueError(f"view must be one of {TOWERS}, got {view!r}")
         return self._embedding(self.tower(view)(x), view)
 
     def encode_with_maps(self, x: torch.Tensor, view: str, levels: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -178,4 +178,4 @@ def load_model_for_eval(cfg, run_dir: Union[str, Path, None] = None) -> tuple[Tw
     else:
         model = build_model(cfg)
     model.eval()
-    return model, {v: model_transforms(cfg, model, train=False, view=v) for v in VIEWS}
+    return model, {v: model_transforms(cfg, model, train=False, view=v) for v in TOWERS}

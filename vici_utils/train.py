@@ -29,9 +29,10 @@ from .datasets import PairBatchSampler, PairDataset
 from .device import autocast, data_workers, resolve_device, resolve_precision, tune_for_training
 from .losses import ContrastiveLoss
 from .metrics import METRICS
-from .models import build_model
+from .models import TOWERS, build_model
 from .params import Params, config_differences, from_command_line, read_yaml, to_yaml
 from .transforms import model_transforms
+from .u1652 import VIEWS, open_dataset
 from .run_folder import BEST, LAST, TRAIN, TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT, read_json, stage_dir, write_atomic
 from .progress import progress as progress_bar
 
@@ -124,8 +125,7 @@ def pair_data(cfg: Params, model, dataset, train_ids=None, rank: int = 0, world:
     """The training pairs (with the model's training transforms) and the batch sampler that plans epochs."""
     if train_ids is None:
         train_ids, _ = dataset.split_buildings(cfg.val_fraction, cfg.seed)
-    pairs = PairDataset(train_ids, dataset.train, *(model_transforms(cfg, model, True, v)
-                                                    for v in ("street", "satellite", "drone")))
+    pairs = PairDataset(train_ids, dataset.train, *(model_transforms(cfg, model, True, v) for v in VIEWS))
     sampler = PairBatchSampler(*pairs.counts(), cfg.batch_size, cfg.seed, cfg.drone_rate, cfg.drone_high_only,
                                cfg.street_sampling, rank, world)
     return pairs, sampler
@@ -137,7 +137,7 @@ def evaluate_model(model, retrieval_set, cfg: Params, device: torch.device) -> d
     from .embed import extract_features
     from .metrics import evaluate
 
-    tf = {v: model_transforms(cfg, model, train=False, view=v) for v in ("street", "satellite")}
+    tf = {v: model_transforms(cfg, model, train=False, view=v) for v in TOWERS}
     common = dict(batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision, progress=False)
     q = extract_features(model.encode_street, retrieval_set.queries, tf["street"], **common)
     g = extract_features(model.encode_satellite, retrieval_set.gallery, tf["satellite"], **common)
@@ -187,8 +187,6 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
     stop_after_epoch ends this call once that many epochs are done, as an interruption would; the next
     call resumes from last.pt and ends with the same weights as an uninterrupted run (on the CPU).
     """
-    from .u1652 import open_dataset
-
     train_dir = stage_dir(cfg.run_name, TRAIN)
     rank, world, device = _setup_distributed(cfg)
     main = rank == 0
@@ -217,7 +215,7 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
         dataset = open_dataset(cfg, progress=False)
     train_ids, val_ids = dataset.split_buildings(cfg.val_fraction, cfg.seed)
     eval_set = cfg.select_on
-    checked = dataset.test if eval_set == "test" else (dataset.val_set(val_ids) if val_ids else None)
+    selection_set = dataset.test if eval_set == "test" else (dataset.val_set(val_ids) if val_ids else None)
 
     seed_everything(cfg.seed)
     model = build_model(cfg)
@@ -289,8 +287,8 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
                **{k: float("nan") for k in METRICS}}
         validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
         improved = False
-        if main and checked is not None and validate:
-            row.update(evaluate_model(model, checked, cfg, device))
+        if main and selection_set is not None and validate:
+            row.update(evaluate_model(model, selection_set, cfg, device))
             improved = best["epoch"] is None or row["R@1"] > best["metrics"]["R@1"]
         seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -302,7 +300,7 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
             header = {"format": CHECKPOINT_FORMAT, "model_config": model.config, "config": cfg.model_dump(),
                      "epoch": epoch + 1}
             # last.pt first: a stop between the two saves keeps the resume point, and resuming redoes best.pt
-            if improved or (checked is None and epoch + 1 == cfg.epochs):  # no validation: the last is the best
+            if improved or (selection_set is None and epoch + 1 == cfg.epochs):  # no validation: the last is the best
                 best = {"epoch": epoch + 1, "metrics": {k: row[k] for k in METRICS}}
             if validate or epoch + 1 == end_epoch:  # not every epoch: for DINOv2-L, weights + AdamW state are ~7 GB a save
                 _save_atomic({**header, "model": model.state_dict(), "loss": loss_fn.state_dict(),

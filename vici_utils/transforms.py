@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from timm.data import create_transform
 
-VIEWS = ("street", "satellite", "drone")  # a drone photo stands in for a tile and goes through the satellite tower
+from .u1652 import VIEWS
 
 
 class RandomRot90:

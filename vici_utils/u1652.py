@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-TRAIN_VIEWS = ("street", "satellite", "drone")
+VIEWS = ("street", "satellite", "drone")  # the image views of the data (folders of the training split)
 CHALLENGE_QUERY_DIR = "workshop_query_street"
 CHALLENGE_GALLERY_DIR = "workshop_gallery_satellite"
 CHALLENGE_LIST = "query_street_name.txt"
@@ -200,7 +200,7 @@ class University1652:
         self.root = check_root(root)
         train = self.root / "train"
         google = read_view(train / "google") if include_google and (train / "google").is_dir() else {}
-        self.train = TrainSplit(*(read_view(train / v) for v in TRAIN_VIEWS), google=google)
+        self.train = TrainSplit(*(read_view(train / v) for v in VIEWS), google=google)
         if not self.train.buildings:
             raise DatasetError(f"{train}: no building has both street/ and satellite/ images")
         self.test = self._read_test()

@@ -1,14 +1,14 @@
 """Figures for the notebooks, one module per notebook topic. Every figure says which data and model it shows.
 
-The provenance lines (describe_*) live in vici_utils.provenance; they are re-exported here for the notebooks.
+The provenance lines (describe_*) live in vici_utils.provenance, the one place to import them from.
 What the topic modules share lives here: `stamp` (the provenance line under a figure) and `framed` (an image
 panel with a coloured frame).
 """
 from __future__ import annotations
 
-from ..provenance import describe_data, describe_model, describe_selection
+from ..provenance import describe_data, describe_model
 
-__all__ = ["describe_data", "describe_model", "describe_selection", "legend_below", "stamp"]
+__all__ = ["framed", "legend_below", "stamp"]
 
 STAMP_PT = 7          # font size of the stamp
 STAMP_GAP_IN = 0.08   # inches between the lowest drawn thing and the stamp, and under the stamp

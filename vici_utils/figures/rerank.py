@@ -9,10 +9,12 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from PIL import Image
 
+from ..metrics import RECALLS
+from ..provenance import describe_model
 from ..rerank.fusion import FUSIONS
 from ..rerank.report import describe_reranker
 from ..u1652 import load_image
-from . import describe_model, framed, stamp
+from . import framed, stamp
 
 
 REASON_CHARS = 230   # the most characters of free text (a re-ranker's reason, a model's answer) a figure draws
@@ -49,7 +51,7 @@ def before_after_plot(result, cfg):
     """R@1 / R@5 / R@10 of the retrieval and of every fusion rule, with the top-K ceiling on R@1."""
     m = result.metrics
     rows = ["retrieval", *FUSIONS]
-    ks = ["R@1", "R@5", "R@10"]
+    ks = list(RECALLS)
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):

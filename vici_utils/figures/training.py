@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from ..datasets import SATELLITE, PairKey, decode_image, drone_choices
+from ..provenance import describe_model
 from ..transforms import model_transforms
-from . import describe_model, framed, legend_below, stamp
+from . import framed, legend_below, stamp
 
 
 def to_image(x: torch.Tensor, data_config: dict) -> np.ndarray:
