@@ -76,15 +76,6 @@ def extract_features(model_tower_fn: Callable[[torch.Tensor], torch.Tensor], ite
 
 # --- the cache ----------------------------------------------------------------------------------------------------
 
-def file_hash(path) -> str:
-    """sha256 of a file's contents (weights files)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_dict_hash(module: torch.nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and bytes of a module's state_dict: the weights it will compute with,
     whichever file (or none) they came from."""
