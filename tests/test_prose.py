@@ -78,7 +78,7 @@ def test_every_sentence_of_the_miniature_workbook_matches_its_source(outputs):
     """The default workbook (all five notebooks) on a tiny world and model: each sentence shown equals its template
     filled with its facts, and each fact equals the run's file or the expression it names."""
     from vici_utils.params import load
-    from vici_utils.paths import run_dir
+    from vici_utils.run_folder import run_dir
     from vici_utils.runner import run
 
     cfg = load("params/default.yaml", {**TINY_WORLD, **TINY_MODEL, "run_name": "prose", "epochs": 3, "val_every": 1,

@@ -10,7 +10,7 @@ from tests.conftest import TINY_MODEL, TINY_WORLD
 from tests.notebooks import execute
 from vici_utils import answers, baselines, embed, metrics, params, retrieval
 from vici_utils.models import TwoTower
-from vici_utils.paths import run_dir
+from vici_utils.run_folder import run_dir
 from vici_utils.rerank import load_features
 from vici_utils.u1652 import open_dataset
 

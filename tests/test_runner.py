@@ -188,7 +188,7 @@ def test_a_really_full_disk(tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("VICI_OUTPUTS", str(mount))
         books = _books(tmp_path, **{"01_fill": [
-                                                "from vici_utils.paths import run_dir\n"
+                                                "from vici_utils.run_folder import run_dir\n"
                                                 "with open(run_dir('x') / 'big.bin', 'wb') as f:\n"
                                                 "    for _ in range(100): f.write(b'0' * 100_000)"]})
         with pytest.raises(RunFailed) as e:

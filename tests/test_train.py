@@ -136,7 +136,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg):
     rest = train(cut.model_copy(update={"num_workers": 1}), progress=False)
     assert rest.epochs_now == 2 and rest.log["epoch"].tolist() == [1, 2, 3]
 
-    from vici_utils.paths import run_dir
+    from vici_utils.run_folder import run_dir
 
     a = torch.load(run_dir("full") / "train/last.pt")
     b = torch.load(run_dir("cut") / "train/last.pt")
@@ -158,7 +158,7 @@ def test_a_stop_between_the_two_saves_keeps_the_resume_point(tiny_cfg, monkeypat
     """Issue 22.13: best.pt was saved before last.pt, so a Ctrl-C between them lost the resume point. last.pt is
     saved first now, and resuming redoes the best.pt save the stop cut."""
     import vici_utils.train as train_module
-    from vici_utils.paths import run_dir
+    from vici_utils.run_folder import run_dir
 
     cfg = tiny_cfg.model_copy(update={"run_name": "cut_save"})
     save = train_module._save_atomic
@@ -182,7 +182,7 @@ def test_evaluating_an_unfinished_training_says_so(tiny_cfg):
     """Issue 22.5: `--only 03` after training stopped at epoch 1 of 3 reported that checkpoint as the model."""
     import json
 
-    from vici_utils.paths import run_dir
+    from vici_utils.run_folder import run_dir
     from vici_utils.retrieval import UnfinishedTraining, run_retrieval
 
     cfg = tiny_cfg.model_copy(update={"run_name": "half"})

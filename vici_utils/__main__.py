@@ -1,4 +1,4 @@
-"""Command line: `python -m vici_utils run|world|sweep|results|headline|kernel|params-doc ...`."""
+"""Command line: `python -m vici_utils run|world|sweep|results|headline|render|kernel|params-doc ...`."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,16 @@ def _world(args) -> int:
 
     cfg = load(args.params, parse_set(args.set))
     print(ensure_world(WorldSpec.from_params(cfg)))
+    return 0
+
+
+def _render(args) -> int:
+    from pathlib import Path
+
+    from .rendered import render
+
+    for page in render([Path(b) for b in args.notebooks], Path(args.out_dir)):
+        print(f"{page}: {page.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -121,6 +131,10 @@ def _main(argv) -> int:
         p.set_defaults(fn=fn)
     sub.add_parser("sweep", help="run every variant of sweep files and collect results.csv (sweep --help)")
     sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
+    p = sub.add_parser("render", help="executed notebooks -> small HTML pages, figures as JPEGs (as make docs renders its run)")
+    p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="executed .ipynb files")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the pages")
+    p.set_defaults(fn=_render)
     sub.add_parser("kernel", help="register this clone's Jupyter kernel inside its environment (make setup does)"
                    ).set_defaults(fn=_kernel)
     sub.add_parser("headline", help="run the workbook timed; write the README headline and docs/rendered/ "

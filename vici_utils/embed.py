@@ -230,8 +230,7 @@ def run_sharded(cfg, progress: bool = True) -> dict[str, Path]:
 
     from .gallery import with_extra_tiles
     from .models import load_model_for_eval
-    from .paths import run_dir
-    from .run_folder import RETRIEVAL
+    from .run_folder import RETRIEVAL, run_dir
     from .u1652 import open_dataset
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

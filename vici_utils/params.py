@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .rerank.fusion import FUSIONS, VALIDATION  # the registries (they import nothing of params: no circle)
 from .rerank.rerankers import RERANKERS
 
-from .paths import REPO_ROOT, resolve_user_path, run_dir
+from .paths import REPO_ROOT, resolve_user_path
 from .rerank.redaction import SECRET_NAME, clear_credentials
-from .run_folder import PARAMS, TRAIN
+from .run_folder import PARAMS, TRAIN, run_dir
 _ENV_REF = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")  # $$ is a literal $
 URL_KEYS = ("vlm_base_url",)  # every ${VAR} in these stays a reference: expanded only where used, never stored
 

@@ -14,10 +14,6 @@ def outputs_root() -> Path:
     return Path(os.environ.get("VICI_OUTPUTS") or REPO_ROOT / "outputs").resolve()
 
 
-def run_dir(run_name: str) -> Path:
-    return outputs_root() / run_name
-
-
 def worlds_dir() -> Path:
     return outputs_root() / "worlds"
 

@@ -1,4 +1,5 @@
-"""An executed run as small HTML pages, for readers who run nothing (`make docs` -> docs/rendered/).
+"""An executed run as small HTML pages, for readers who run nothing (`make docs` -> docs/rendered/; for any executed
+notebooks: `python -m vici_utils render NOTEBOOK... OUT_DIR`).
 
 Figures are stored in the notebooks as PNG at full size; here they are re-encoded as JPEG and scaled down to a
 page's width, which makes the pages several times smaller without making a figure hard to read.
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import sys
 from pathlib import Path
 
 import nbformat
@@ -43,9 +43,3 @@ def render(notebooks: list[Path], out_dir: Path) -> list[Path]:
         target.write_text(html)
         written.append(target)
     return written
-
-
-if __name__ == "__main__":
-    *books, out = sys.argv[1:]
-    for page in render([Path(b) for b in books], Path(out)):
-        print(f"{page}: {page.stat().st_size / 1e6:.1f} MB")

@@ -29,8 +29,7 @@ from .device import resolve_device, resolve_precision
 from .embed import cached_features, read_merged, state_dict_hash, tower_features_key
 from .gallery import with_extra_tiles
 from .models import load_model_for_eval
-from .paths import run_dir
-from .run_folder import (ANSWER, FEATURES, METRICS, RETRIEVAL, TOPK, TRAIN, VAL_FEATURES, trained_checkpoint,
+from .run_folder import (ANSWER, FEATURES, METRICS, RETRIEVAL, TOPK, TRAIN, VAL_FEATURES, run_dir, trained_checkpoint,
                          training_state, write_features, write_json)
 from .weight_sources import package_source
 from .provenance import describe_data, describe_model, describe_selection, initial_weights

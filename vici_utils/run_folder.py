@@ -1,6 +1,12 @@
-"""The run folder, outputs/<run_name>/: where each stage writes, which checkpoint a run evaluates, its manifest,
-and the one way every file of the workbook is written (atomically: an interrupted write never leaves a
-truncated file that passes for a finished one).
+"""The run folder, outputs/<run_name>/ (run_dir): where each stage writes, which checkpoint a run evaluates, its
+manifest, and write_atomic, which writes a whole file beside its place and renames it in (an interrupted write
+never leaves a truncated file that passes for a finished one). Every file of a run folder is written that way
+but for four kinds, each with its own guarantee: stage 2's result files are written into a staging folder and
+moved in together (rerank/run.py); the answer store cache.jsonl is appended to one fsynced answer at a time, so no
+paid answer is lost (rerank/cache.py); the sharded embedding's per-rank row files are filled in place and merged
+into one file written aside and renamed (embed.py); and papermill writes each executed notebook aside, which the
+runner renames into place once it is whole (runner.py). On a full disk, where no second copy fits, the runner
+rewrites run.json in place as a last resort.
 
     outputs/<run_name>/run.json  params.yaml  NN_name.ipynb          (runner)
                        train/      last.pt  best.pt  train_log.csv  config.yaml  result.json
@@ -18,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .paths import run_dir
+from .paths import outputs_root
 
 MANIFEST = "run.json"      # the runner's record of a run: parameters, code, device, notebooks and their status
 PARAMS = "params.yaml"     # the run's resolved parameters: every notebook of the run reads them
@@ -81,6 +87,11 @@ def remake(run_name: str, stage: str, extra: str = "") -> str:
 
 def _unreadable(path: Path, why: str, run_name: str, stage: str) -> RunFileError:
     return RunFileError(f"{path}: {why}; remake it with {remake(run_name, stage)}")
+
+
+def run_dir(run_name: str) -> Path:
+    """outputs/<run_name>: the run's folder."""
+    return outputs_root() / run_name
 
 
 def stage_dir(run_name: str, stage: str) -> Path:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .params import Params, ParamsError, to_yaml
-from .paths import NOTEBOOKS_DIR, REPO_ROOT, run_dir
-from .run_folder import (MANIFEST, PARAMS, RunFolderBusy, hold, is_disk_full, read_manifest, write_atomic,
+from .paths import NOTEBOOKS_DIR, REPO_ROOT
+from .run_folder import (MANIFEST, PARAMS, RunFolderBusy, hold, is_disk_full, read_manifest, run_dir, write_atomic,
                          write_json)
 
 KERNEL = "python3"  # jupyter_client maps this to sys.executable: the runner's own environment

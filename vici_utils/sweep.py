@@ -44,9 +44,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from . import paper
 from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, parse_set, read_params_file,
                      read_yaml, validate)
-from .paths import outputs_root, run_dir
+from .paths import outputs_root
 from .results.rows import read_run_folder
-from .run_folder import BEST, MANIFEST, RESULTS, TRAIN, read_manifest, trained_checkpoint, write_atomic
+from .run_folder import BEST, MANIFEST, RESULTS, TRAIN, read_manifest, run_dir, trained_checkpoint, write_atomic
 
 SEGMENT = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"  # one folder name (run_name's pattern, without '/')
 RESERVED = {"run_name": "the sweep names each run <sweep>/<variant>", "seed": "list seeds under `seeds:`"}

@@ -18,7 +18,8 @@ from .. import paper
 from ..metrics import METRICS, RECALLS
 from ..params import Params
 from ..rerank.rerankers import sees_order
-from ..paths import REPO_ROOT, run_dir
+from ..paths import REPO_ROOT
+from ..run_folder import run_dir
 from ..rerank.fusion import FUSIONS
 from .findings import findings
 from .rows import (RECORDED, aggregate_seeds, find_recorded, find_results, is_summary, read_rows, read_run_folder,
