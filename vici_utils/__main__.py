@@ -131,7 +131,7 @@ def _main(argv) -> int:
         p.set_defaults(fn=fn)
     sub.add_parser("sweep", help="run every variant of sweep files and collect results.csv (sweep --help)")
     sub.add_parser("results", help="write the README results section from the sweeps (results --help)")
-    p = sub.add_parser("render", help="executed notebooks -> small HTML pages, figures as JPEGs (as make docs renders its run)")
+    p = sub.add_parser("render", help="executed notebooks -> small HTML pages (as make docs renders its run)")
     p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="executed .ipynb files")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the pages")
     p.set_defaults(fn=_render)

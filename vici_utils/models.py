@@ -26,7 +26,7 @@ from .run_folder import TRAIN, remake, stage_dir, trained_checkpoint
 from .transforms import model_transforms
 from .weight_sources import PACKAGE, load_package_weights, package_source
 
-TOWERS = ("street", "satellite")  # the views the model embeds, one tower each (a drone photo goes through the satellite tower)
+TOWERS = ("street", "satellite")  # the views the model embeds, a tower each (drone photos use the satellite one)
 
 # --- backbones ---------------------------------------------------------------------------------------
 def check_backbone_name(name: str) -> None:

@@ -14,9 +14,9 @@ from .retrieval import RetrievalResult
 def results_table(result: RetrievalResult, baseline: Optional[dict] = None) -> pd.DataFrame:
     """Our numbers (official and the named easier protocol), the colour baseline, chance, and, on
     University-1652, the paper's published rows beside them."""
-    cols = list(METRICS)
-    rows = [("ours: " + result.cfg.backbone, "official (all gallery images)", *[result.metrics[c] for c in cols]),
-            ("ours: " + result.cfg.backbone, "distractors_dropped (easier)", *[result.metrics_dropped[c] for c in cols])]
+    cols, ours = list(METRICS), "ours: " + result.cfg.backbone
+    rows = [(ours, "official (all gallery images)", *[result.metrics[c] for c in cols]),
+            (ours, "distractors_dropped (easier)", *[result.metrics_dropped[c] for c in cols])]
     if baseline is not None:
         rows.append(("colour histogram (no learning)", "official", *[baseline[c] for c in cols]))
     ng = result.metrics["n_gallery"]
