@@ -1,4 +1,6 @@
-"""The real Gemini and OpenAI-compatible clients against loopback servers, with the faults real APIs produce."""
+"""The real Gemini and OpenAI-compatible clients (rerank/backends.py) against loopback servers, with the faults real
+APIs produce, and params/paper.yaml's request as VICI sent it."""
+import base64
 import json
 import time
 
@@ -6,8 +8,10 @@ import pytest
 
 from tests.conftest import VLM_KEY
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
-from vici_utils.params import validate
-from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
+from tests.rerank_runs import rerank, rerank_dir
+from vici_utils.params import load, validate
+from vici_utils.paths import REPO_ROOT
+from vici_utils.rerank import RerankError, RetryPolicy, load_features, run_rerank
 
 KEY = VLM_KEY
 BACKENDS = ["gemini", "openai"]
@@ -23,10 +27,6 @@ def config(backend, server, **kw):
         raw["vlm_model"] = "qwen2.5-vl"
     raw.update(kw)
     return validate(raw)
-
-
-def rerank(cfg):
-    return run_rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
 
 
 def reasons(outputs):
@@ -198,3 +198,112 @@ def test_the_key_never_reaches_a_file_or_a_message(tiny, server):
         rerank(config("gemini", server, vlm_model="another"))
     assert KEY not in str(e.value) and "[REDACTED]" in str(e.value)
     assert_no_secret(tiny / "t")
+
+
+def test_thinking_is_bounded_per_model_family():
+    from google.genai import types
+
+    from vici_utils.rerank.backends import _thinking
+
+    assert _thinking(types, "gemini-2.0-flash", 1024) is None  # rejects a thinking config
+    assert _thinking(types, "gemini-2.5-flash", 1024).thinking_budget == 1024
+    assert _thinking(types, "gemini-2.5-flash", None) is None  # the server's default
+    assert _thinking(types, "gemini-3-flash-preview", 1024).thinking_level == types.ThinkingLevel.LOW
+
+
+# --- issue 12: a 200 whose body is not the protocol ----------------------------------------------------------
+@pytest.mark.parametrize("backend", ["gemini", "openai"])
+@pytest.mark.parametrize("fault, start", [("garbage", "<!DOCTYPE html><html><head><title>Welcome to nginx!"),
+                                          ("garbage_json", '{"status": "ok", "service": "a web app')])
+def test_a_server_answering_garbage_is_down_not_a_source_of_fallbacks(tiny, server, backend, fault, start):
+    """Issue 12 (4): a server answering a body that is not the protocol is down."""
+    server.always = fault
+    with pytest.raises(RerankError) as e:
+        rerank(config(backend, server))
+    message = str(e.value)
+    assert "not the protocol" in message and start in message and server.url.removeprefix("http://") in message
+    assert "server looks down" in message and KEY not in message
+    assert len(message) < 1200  # the start of the body, not all of it
+    assert len(server.seen) == 4 * 3  # 3 attempts each, then the streak of give-ups stops the run
+    assert not (rerank_dir(tiny) / "cache.jsonl").exists()  # not an answer: nothing stored
+
+
+# --- issue 10: params/paper.yaml asks the VLM as VICI's stage_2.py did, checked on the wire -----------------
+VLM_KEYS = ("rerank_backend", "vlm_model", "vlm_image_size", "vlm_media_resolution", "vlm_temperature",
+            "vlm_thinking_budget")
+
+
+def paper_vlm(monkeypatch, tmp_path) -> dict:
+    monkeypatch.setenv("U1652_ROOT", str(tmp_path))
+    return load(REPO_ROOT / "params" / "paper.yaml").subset(VLM_KEYS)
+
+
+def test_paper_yaml_is_vicis_request(monkeypatch, tmp_path):
+    """Issue 10: params/paper.yaml names VICI's VLM request."""
+    vlm = paper_vlm(monkeypatch, tmp_path)
+    assert vlm == {"rerank_backend": "gemini", "vlm_model": "gemini-2.5-flash", "vlm_image_size": None,
+                   "vlm_media_resolution": "unspecified", "vlm_temperature": 0.0, "vlm_thinking_budget": 1024}
+    assert "gemini-2.5-flash-preview-05-20" in (REPO_ROOT / "params" / "paper.yaml").read_text()  # said retired
+
+
+@pytest.mark.parametrize("backend", ["gemini", "openai"])
+def test_the_paper_request_on_the_wire(outputs, monkeypatch, tmp_path, backend):
+    """Issue 10: the paper's request on the wire: the files' own bytes, temperature 0, VICI's thinking budget and
+    schema order."""
+    vlm = paper_vlm(monkeypatch, tmp_path)
+    monkeypatch.setenv("GEMINI_API_KEY", "fidelity-key-0123")
+    npz = write_tiny_run(outputs, "t", buildings=4, queries_per_building=1, distractors=2)
+    feats = load_features(npz)
+    with FakeVLMServer() as server:
+        raw = {**vlm, "run_name": "t", "fusion": "weighted", "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1}
+        if backend == "openai":
+            raw.update(rerank_backend="openai", vlm_model="qwen2.5-vl", vlm_base_url=server.url + "/v1")
+        else:
+            raw["vlm_base_url"] = server.url
+        result = run_rerank(validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
+    assert result.metrics["counts"]["ok"] == 4
+    paths = {**dict(zip(feats["query_names"], feats["query_paths"])),
+             **dict(zip(feats["gallery_names"], feats["gallery_paths"]))}
+    for seen, outcome in zip(server.seen, result.outcomes):
+        files = [paths[outcome.name], *(paths[c] for c in outcome.candidates)]
+        originals = [open(p, "rb").read() for p in files]
+        assert seen.images == originals  # the files' own bytes: no downscaling, no re-encoding
+        if backend == "gemini":  # as the wire carries them (URL-safe base64)
+            assert [s.rstrip("=") for s in seen.encoded] == \
+                [base64.urlsafe_b64encode(b).decode().rstrip("=") for b in originals]
+        else:
+            assert seen.encoded == [base64.b64encode(b).decode() for b in originals]
+        assert seen.mimes == ["image/jpeg"] * 6
+    g = server.seen[0].generation
+    assert g["temperature"] == 0
+    if backend == "gemini":
+        assert "mediaResolution" not in g and "media_resolution" not in g  # the model's default, not LOW
+        thinking = g["thinkingConfig"]
+        assert thinking.get("thinkingBudget", thinking.get("thinking_budget")) == 1024
+        schema = g["responseSchema"]
+        ordering = schema.get("propertyOrdering") or schema.get("property_ordering")
+        assert ordering[0] == "ranking" and list(schema["properties"])[0] == "ranking"
+    else:
+        assert "thinking" not in str(g)  # the protocol has no budget: nothing invented
+        assert list(g["response_format"]["json_schema"]["schema"]["properties"])[0] == "ranking"
+    answers = [a for o in result.outcomes for a in o.answers]
+    assert all(isinstance(a["summary_satellite_images"], list) for a in answers)
+
+
+def test_the_embedded_default_sends_small_jpegs(outputs, monkeypatch):
+    """Issue 10: the embedded default sends small JPEGs at low media resolution."""
+    import io
+
+    from PIL import Image
+
+    monkeypatch.setenv("GEMINI_API_KEY", "fidelity-key-0123")
+    npz = write_tiny_run(outputs, "t", buildings=2, queries_per_building=1, distractors=1)
+    for path in load_features(npz)["query_paths"]:
+        Image.open(path).resize((120, 80)).save(path)
+    with FakeVLMServer() as server:
+        cfg = validate({"run_name": "t", "fusion": "weighted",
+                        "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
+                        "vlm_image_size": 32, "vlm_rpm": 100000})  # the default, 384, on 32-px-scale data
+        run_rerank(cfg, show_progress=False)
+    assert [Image.open(io.BytesIO(s.images[0])).size for s in server.seen] == [(32, 21)] * 2
+    assert server.seen[0].generation["mediaResolution"] == "MEDIA_RESOLUTION_LOW"

@@ -1,11 +1,16 @@
 """The papermill runner: executes notebooks, writes the manifest, and fails loudly and usefully."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
 
 from vici_utils.params import ParamsError, load, read_yaml, validate
+from vici_utils.paths import REPO_ROOT
 from vici_utils.runner import RunFailed, discover_notebooks, run
 from tests.conftest import TINY_WORLD
 
@@ -38,10 +43,10 @@ def test_runner_executes_notebook_01_and_writes_manifest(tiny_world_outputs, mon
 
 def _notebook(path, sources):
     nb = nbformat.v4.new_notebook()
-    cells = [nbformat.v4.new_code_cell(s) for s in sources]
-    cells[0].metadata["tags"] = ["parameters"]
-    nb.cells = cells
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.cells[0].metadata["tags"] = ["parameters"]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
 
 
@@ -196,3 +201,54 @@ def test_a_really_full_disk(tmp_path, monkeypatch):
         _disk_full_checks(mount, mount / "x", str(e.value))
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+# --- issue 12: Ctrl-C and a dead kernel ---------------------------------------------------------------------------
+def test_ctrl_c_during_a_run_is_one_line_saying_what_is_saved(tmp_path):
+    """Issue 12 (8): Ctrl-C during a run is one line saying what is saved."""
+    books = tmp_path / "books"
+    _notebook(books / "01_fine.ipynb", ["run_name = 'x'", "print('fine')"])
+    _notebook(books / "02_slow.ipynb", ["run_name = 'x'", "import time\nprint('started', flush=True)\ntime.sleep(120)"])
+    # `python -m vici_utils run`, on these notebooks
+    code = ("import sys; from pathlib import Path; import vici_utils.runner as r; real = r.run; "
+            "r.run = lambda cfg, only=None: real(cfg, only=only, notebooks_dir=Path(sys.argv[1])); "
+            "from vici_utils.__main__ import main; sys.exit(main(['run', 'params/default.yaml', '--set', 'run_name=cc']))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(books)], cwd=REPO_ROOT, text=True,
+                            env={**os.environ, "VICI_OUTPUTS": str(tmp_path / "outputs")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        before = []
+        while not any("started" in line for line in before):
+            line = proc.stdout.readline()
+            assert line, f"the run ended before its slow notebook started: {before} {proc.stderr.read()}"
+            before.append(line)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(said) == 1, said
+    assert "Interrupted during 02_slow.ipynb" in said[0] and "(01_fine.ipynb)" in said[0]
+    assert "run the same command again to resume" in said[0] and "\x1b[" not in out + err
+    assert proc.returncode == 130
+    import json
+
+    manifest = json.loads((tmp_path / "outputs/cc/run.json").read_text())
+    assert [n["status"] for n in manifest["notebooks"]] == ["ok", "interrupted"]
+
+
+def test_a_dead_kernel_says_it_likely_ran_out_of_memory(outputs, tmp_path):
+    """Issue 12 (8): a kernel killed for memory is named as such."""
+    from vici_utils.runner import RunFailed, run
+
+    books = tmp_path / "books"
+    _notebook(books / "01_oom.ipynb", ["run_name = 'x'", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"])
+    with pytest.raises(RunFailed, match=r"01_oom.ipynb: the kernel died, most likely out of memory.*smaller "
+                                         r"batch_size, image_size or eval_batch_size"):
+        run(validate({"run_name": "oom"}), log=lambda s: None, notebooks_dir=books)
+    import json
+
+    assert json.loads((outputs / "oom/run.json").read_text())["status"] == "failed"

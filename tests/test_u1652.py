@@ -234,3 +234,48 @@ def test_gallery_images_with_one_stem_in_two_buildings_are_refused_at_set_up(tmp
     with pytest.raises(DatasetError, match=r"two gallery images share the name '0101'.*0101/0101\.jpg and "
                                            r".*0102/0101\.jpg; rename one"):
         University1652(root)
+
+
+# --- issue 12: hidden files, a challenge without its list, empty gallery folders ------------------------------
+def test_hidden_files_are_skipped_and_a_corrupt_image_names_its_path(tmp_path):
+    """Issue 12 (8): the dataset reader's messages."""
+    from vici_utils.u1652 import DatasetError, University1652, sample_image_sizes
+
+    root = make_tree(tmp_path)
+    (root / "train/street/0001/._s1.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata
+    (root / "train/street/.DS_Store").write_bytes(b"junk")
+    (root / "train/street/._0002").mkdir()
+    ds = University1652(root)
+    assert [p.name for p in ds.train.street["0001"]] == ["s1.jpg", "s2.jpeg"]
+    assert "._0002" not in ds.train.street
+    bad = root / "train/street/0001/s1.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=rf"{bad}: cannot read this image"):
+        sample_image_sizes([bad])
+
+
+def test_challenge_without_its_list_warns_and_is_skipped(tmp_path):
+    """Issue 12 (8): the dataset reader's messages."""
+    from PIL import Image
+
+    from vici_utils.u1652 import DatasetWarning, University1652
+
+    root = make_tree(tmp_path)
+    for d, name in (("workshop_query_street", "q.jpeg"), ("workshop_gallery_satellite", "g.jpg")):
+        (root / "test" / d).mkdir()
+        Image.new("RGB", (8, 8)).save(root / "test" / d / name)
+    with pytest.warns(DatasetWarning, match=r"incomplete challenge layout, missing query_street_name\.txt .*skipped"):
+        ds = University1652(root)
+    assert ds.challenge is None and len(ds.test.queries) == 4
+
+
+def test_queried_buildings_with_an_empty_gallery_folder_are_recorded_and_warned(tmp_path):
+    """Issue 12 (8): the dataset reader's messages."""
+    from vici_utils.u1652 import DatasetWarning, University1652
+
+    root = make_tree(tmp_path)
+    (root / "test/gallery_satellite/0102/0102.jpg").unlink()  # its folder stays, empty
+    with pytest.warns(DatasetWarning, match=r"1 queried buildings have no gallery image \(0102\)") as caught:
+        ds = University1652(root)
+    assert ds.test.buildings_without_gallery == ["0102"]
+    assert len([w for w in caught if issubclass(w.category, DatasetWarning)]) == 1

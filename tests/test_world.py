@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +18,7 @@ import pytest
 from PIL import Image
 
 from vici_utils.params import Params
+from vici_utils.paths import REPO_ROOT
 from vici_utils.provenance import describe_data
 from vici_utils.world import WorldSpec, ensure_world, render_location
 from vici_utils.world import build as world_build
@@ -204,3 +210,53 @@ def test_colour_histogram_baseline_is_weak():
     r1 = float((sim.argmax(1) == np.arange(100)).mean())
     print(f"colour-histogram baseline R@1 on 100 locations: {100 * r1:.1f} % (chance 1 %)")
     assert r1 < 0.20
+
+
+# --- issue 12: world workers die with their parent ----------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_world_workers_die_with_a_killed_parent(tmp_path):
+    """Issue 12 (7): world workers die with their parent."""
+    code = ("import sys; from vici_utils.world import WorldSpec, ensure_world; "
+            "ensure_world(WorldSpec(train_locations=40, test_locations=2, distractors=0, challenge=False, "
+            "view_size=256, supersample=2.0), root=sys.argv[1], workers=2, progress=False)")
+    # big views: a location takes over a second, so a worker that only noticed at its next result would live on
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "world")], cwd=REPO_ROOT)
+    workers = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.1)
+            workers = _children(parent.pid)
+        assert len(workers) == 2, "the world generation did not start its 2 workers"
+        time.sleep(0.5)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 2
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, workers)), "pool workers outlived their killed parent"
+    finally:
+        for pid in workers:  # only if the test failed: leave no orphans behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
