@@ -15,7 +15,7 @@ from vici_utils.rerank import RerankError, RetryPolicy, run_rerank
 from vici_utils.rerank.ask import Asker, ask_all
 from vici_utils.rerank.cache import AnswerCache
 from vici_utils.rerank.prompt import Request
-from vici_utils.rerank.redaction import redact, redact_url
+from vici_utils.redaction import redact, redact_url
 from vici_utils.u1652 import DatasetError
 
 KEY = VLM_KEY

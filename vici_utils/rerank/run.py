@@ -35,7 +35,7 @@ from ..metrics import evaluate_ranking, full_ranking, scalars
 from ..run_folder import FEATURES, RERANK, RETRIEVAL, VAL_FEATURES, read_features, stage_dir
 from . import fusion, pricing
 from .limits import RetryPolicy
-from .redaction import redact
+from ..redaction import redact
 from .rerankers import QueryOutcome, RerankError, RerankJob, make_reranker
 
 log = logging.getLogger("vici_utils.rerank")
