@@ -177,7 +177,7 @@ def ablation_rows(variants: pd.DataFrame) -> list[dict]:
 @table_kind("Results")
 def own_rows(variants: pd.DataFrame) -> list[dict]:
     """A sweep of its own: every variant's retrieval, then every fusion rule of its re-ranking, the reported
-    rule marked (all three are computed by every run; only the reported one was chosen before the test)."""
+    rule marked (every rule is computed by every run; only the reported one was chosen before the test)."""
     rows = []
     for _, r in variants.iterrows():
         rows.append(_metric_row(r["label"], r, paper_row=r.get("paper_row") or ""))
