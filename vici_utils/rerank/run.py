@@ -1,7 +1,7 @@
 """Stage 2, end to end: `run_rerank(cfg)` re-ranks each query's top K and writes outputs/<run>/rerank/.
 
-    retrieval/features.npz -> ranking -> top K per query -> re-ranker (rerankers.RERANKERS)
-        -> per-query order of the K -> fusion with the retrieval order (fusion.FUSIONS) -> metrics, answers, reasons
+    retrieval/features.npz -> ranking -> top K per query -> re-ranker (registry.RERANKERS)
+        -> per-query order of the K -> fusion with the retrieval order (registry.FUSIONS) -> metrics, answers, reasons
 
 No query is ever dropped: one whose answers all failed keeps its retrieval order, recorded with why. But a
 run where more than vlm_max_fallback_share of the queries fell back is a failed run: it raises (so the
