@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import FUSIONS, VALIDATION, labelled  # noqa: F401 (VALIDATION: fusion.VALIDATION for rerank.run)
+from ..registry import FUSIONS, VALIDATION, labelled  # noqa: F401 (rerank.run reads fusion.VALIDATION)
 
 RRF_K = 60
 

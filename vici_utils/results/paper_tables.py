@@ -25,7 +25,6 @@ from .rows import (RECORDED, aggregate_seeds, find_recorded, find_results, is_su
                    reported_rule, trained_epochs)
 
 TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
-OWN = OWN_TABLE  # the kind of a sweep with no paper table
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +54,7 @@ def table_kind(title: str, **how):
 def kind_of(name: str) -> TableKind:
     """The registered table kind `name`; a kind no longer registered (in an older results.csv) is shown as a sweep of
     its own."""
-    return TABLE_KINDS.load(name if name in TABLE_KINDS else OWN)
+    return TABLE_KINDS.load(name if name in TABLE_KINDS else OWN_TABLE)
 
 
 @dataclass
@@ -324,7 +323,7 @@ def build_table(results: pd.DataFrame, name: Optional[str] = None, source: str =
     for col in TEXT_COLUMNS:  # empty cells of results.csv read back as NaN
         if col in results:
             results[col] = results[col].astype(object).fillna("").astype(str)
-    kind_name = results["table"].iloc[0] if "table" in results else OWN
+    kind_name = results["table"].iloc[0] if "table" in results else OWN_TABLE
     kind = kind_of(kind_name)
     trained = results[results["model_from"] == ""] if "model_from" in results else results
     swept = [c.removeprefix("param.") for c in results.columns
@@ -374,7 +373,7 @@ def table_of_run(run_name: str) -> Optional[Table]:
     row = read_run_folder(run_dir(run_name), fresh_only=False)
     if row.get("R@1") is None:
         return None
-    row |= {"sweep": run_name, "table": OWN, "variant": run_name, "run": run_name, "source_run": run_name,
+    row |= {"sweep": run_name, "table": OWN_TABLE, "variant": run_name, "run": run_name, "source_run": run_name,
             "seed": row.get("param.seed", 0), "label": run_name, "status": "ok"}
     return build_table(pd.DataFrame([row]), run_name, source=f"outputs/{run_name}")
 
