@@ -247,7 +247,8 @@ def test_a_run_of_notebooks_02_03_is_the_same_work_whatever_the_re_ranking_keys(
 
 
 def test_rerank_keys_are_the_re_ranking_section_of_the_parameters():
-    from vici_utils.params import RERANK_KEYS, _sections
+    from vici_utils.params import RERANK_KEYS
+    from vici_utils.params_doc import _sections
 
     assert set(RERANK_KEYS) == set(dict(_sections())["re-ranking"])
 
