@@ -88,8 +88,7 @@ def test_every_parameter_has_a_description_and_one_row_in_the_docs():
 def test_parameters_doc_is_the_generated_one():
     assert PARAMETERS_DOC.read_text() == parameters_markdown(), (
         f"{PARAMETERS_DOC} is stale: it is generated from vici_utils/params.py and vici_utils/registry.py. "
-        "Regenerate it "
-        "with `.venv/bin/python -m vici_utils params-doc`")
+        "Regenerate it with `.venv/bin/python -m vici_utils params-doc`")
 
 
 def test_an_empty_vlm_base_url_is_an_error_not_the_public_endpoint():
