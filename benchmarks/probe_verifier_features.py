@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_workbook import machine  # noqa: E402
-from vici_utils import params, verifier as V  # noqa: E402
+from vici_utils import params  # noqa: E402
+from vici_utils.rerank import verifier as V  # noqa: E402
 from vici_utils.models import TwoTower, load_model_for_eval  # noqa: E402
 from vici_utils.rerank.fusion import fuse  # noqa: E402
 from vici_utils.u1652 import open_dataset  # noqa: E402

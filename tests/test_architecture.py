@@ -26,7 +26,7 @@ def module_names(root: Path) -> dict[str, Path]:
 
 
 def _owner(name: str, modules: dict) -> str | None:
-    """The innermost known module a dotted name lies in (vici_utils.paper.TABLES -> vici_utils.paper)."""
+    """The innermost known module a dotted name lies in (vici_utils.paper.VLMS -> vici_utils.paper)."""
     while name and name not in modules:
         name = name.rpartition(".")[0]
     return name or None

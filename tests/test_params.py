@@ -1,8 +1,8 @@
 """Parameters: validation messages name the key and what is allowed; secrets are refused."""
 import pytest
 
-from vici_utils.params import (PARAMETERS_DOC, Params, ParamsError, from_notebook, load, parameters_markdown,
-                               parse_set, to_yaml, validate)
+from vici_utils.params import Params, ParamsError, from_notebook, load, parse_set, to_yaml, validate
+from vici_utils.params_doc import PARAMETERS_DOC, parameters_markdown
 from vici_utils.paths import PARAMS_DIR
 
 
@@ -63,7 +63,7 @@ def test_from_notebook_reads_only_known_keys():
 def test_secrets_in_parameters_stay_references(monkeypatch):
     """A token in vlm_base_url is refused in clear; by ${NAME} it stays a reference in the resolved parameters
     (so in params.yaml, run.json and the notebooks) and is expanded only where the URL is used."""
-    from vici_utils.rerank.redaction import expand_secret_refs
+    from vici_utils.redaction import expand_secret_refs
 
     monkeypatch.setenv("VLM_TOKEN", "s3cr3t-value-123")
     monkeypatch.setenv("DATA_HOME", "/data")
@@ -80,14 +80,15 @@ def test_secrets_in_parameters_stay_references(monkeypatch):
 def test_every_parameter_has_a_description_and_one_row_in_the_docs():
     missing = [k for k, f in Params.model_fields.items() if not (f.description or "").strip()]
     assert not missing, f"parameters without a description in vici_utils/params.py: {missing}"
-    rows = [line.split("`")[1] for line in parameters_markdown().splitlines() if line.startswith("| `")]
+    keys_part = parameters_markdown().partition("## Registered names")[0]
+    rows = [line.split("`")[1] for line in keys_part.splitlines() if line.startswith("| `")]
     assert rows == list(Params.model_fields), "each parameter once, in the order of Params"
 
 
 def test_parameters_doc_is_the_generated_one():
     assert PARAMETERS_DOC.read_text() == parameters_markdown(), (
-        f"{PARAMETERS_DOC} is stale: it is generated from the descriptions in vici_utils/params.py. Regenerate it "
-        "with `.venv/bin/python -m vici_utils params-doc`")
+        f"{PARAMETERS_DOC} is stale: it is generated from vici_utils/params.py and vici_utils/registry.py. "
+        "Regenerate it with `.venv/bin/python -m vici_utils params-doc`")
 
 
 def test_an_empty_vlm_base_url_is_an_error_not_the_public_endpoint():
@@ -101,7 +102,7 @@ def test_an_empty_vlm_base_url_is_an_error_not_the_public_endpoint():
 def test_url_references_are_never_expanded_into_parameters_nor_printed(monkeypatch):
     """Issue 22.11: every ${VAR} of the URL stays a reference (whatever the variable's name), so neither a refusal
     nor params.yaml / run.json shows its value; where the URL is used, each expanded part is redacted."""
-    from vici_utils.rerank.redaction import expand_secret_refs, redact
+    from vici_utils.redaction import expand_secret_refs, redact
 
     monkeypatch.setenv("VLM_URL", "https://me:hunter2-in-clear@host/v1")
     monkeypatch.setenv("ROUTE", "tenant-8f3e2c91")

@@ -25,7 +25,7 @@ def test_fusion_rules_on_a_hand_example():
     # rrf: 1/64+1/61, 1/63+1/62, 1/61+1/63, 1/62+1/64 -> #1 (.032018), #3 (.032266)...
     scores = [1 / (60 + v) + 1 / (60 + r) for v, r in zip([4, 3, 1, 2], [1, 2, 3, 4])]
     assert fusion.fuse(vlm_rank, "rrf").tolist() == [list(np.argsort(-np.array(scores), kind="stable"))]
-    with pytest.raises(ValueError, match="fusion rule"):
+    with pytest.raises(ValueError, match="fusion .max. is not registered.*.weighted., .vlm., .rrf."):
         fusion.fuse(vlm_rank, "max")
 
 

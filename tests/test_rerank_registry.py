@@ -1,28 +1,33 @@
-"""Issue 11: every re-ranker behind one interface in one registry, fusion rules in one mapping."""
+"""Every re-ranker behind one interface, and every re-ranker and fusion rule registered by name in
+vici_utils.registry."""
 import json
 import subprocess
 import sys
-import typing
 
 import numpy as np
 import pytest
 
 from tests.fake_vlm_servers import write_tiny_run
-from vici_utils.params import Params, validate
+from vici_utils.params import ParamsError, validate
 from vici_utils.paths import REPO_ROOT
+from vici_utils.registry import FUSIONS, RERANKERS, VALIDATION, labelled
 from vici_utils.rerank import fusion, load_features, report, rerankers, run_rerank
-from vici_utils.rerank.rerankers import RERANKERS, Reranked, outcomes_from_orders, reranker_class
+from vici_utils.rerank.rerankers import Reranked, outcomes_from_orders, reranker_class
 
 
 def test_params_take_their_choices_from_the_registries():
-    assert typing.get_args(Params.model_fields["rerank_backend"].annotation) == tuple(RERANKERS)
-    assert typing.get_args(Params.model_fields["fusion"].annotation) == (*fusion.FUSIONS, fusion.VALIDATION)
+    for key, names in (("rerank_backend", [*RERANKERS]), ("fusion", [*FUSIONS, VALIDATION])):
+        assert [getattr(validate({key: n, "fusion": "weighted"} if key == "rerank_backend" else {key: n}), key)
+                for n in names] == names
+        with pytest.raises(ParamsError, match=f"{key} = 'nonesuch'.*" + ".*".join(repr(n) for n in names)):
+            validate({key: "nonesuch"})
 
 
-def test_no_import_circle_and_params_import_no_reranker():
+def test_params_import_no_stage():
+    """The parameters stand on the ground floor: they read the registry, never a re-ranker, a loss or torch."""
     code = ("import sys, vici_utils.params; "
-            "assert not [m for m in sys.modules if m.startswith(('google', 'httpx', 'vici_utils.rerank.backends', "
-            "'vici_utils.rerank.kreciprocal'))], sorted(sys.modules); "
+            "assert not [m for m in sys.modules if m.startswith(('google', 'httpx', 'torch', 'vici_utils.rerank', "
+            "'vici_utils.losses'))], sorted(sys.modules); "
             "import vici_utils.rerank.backends, vici_utils.rerank.kreciprocal")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
     code = ("import sys, vici_utils.rerank.rerankers, vici_utils.rerank.fusion; "
@@ -33,7 +38,7 @@ def test_no_import_circle_and_params_import_no_reranker():
 @pytest.mark.parametrize("name", list(RERANKERS))
 def test_every_registered_reranker_has_the_interface(name):
     cls = reranker_class(name)
-    assert cls.name == name
+    assert isinstance(cls.label, str) and cls.label, f"{cls.__name__} says in no label what it is"
     for method in ("describe", "check", "rerank"):
         assert callable(getattr(cls, method, None)), f"{cls.__name__} lacks {method}"
     assert cls.describe(validate({"rerank_backend": name}))
@@ -42,7 +47,7 @@ def test_every_registered_reranker_has_the_interface(name):
 class ReverseReranker:
     """An offline re-ranker from outside the package, as a learned verifier would be: it reads the run's
     features and image paths and returns an order per query (here: the retrieval order reversed)."""
-    name = "reverse"
+    label = "the retrieval order reversed (a test re-ranker)"
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -60,17 +65,16 @@ class ReverseReranker:
         return Reranked(outcomes_from_orders(job, orders, notes, "reverse-v1"), "reverse-v1")
 
 
+@labelled("fused: retrieval counted twice")
+def halfway(vlm_rank, retrieval_rank):
+    return vlm_rank + 2 * retrieval_rank
+
+
 def test_a_new_reranker_and_fusion_rule_are_one_entry_each(outputs, monkeypatch):
     monkeypatch.setitem(RERANKERS, "reverse", "tests.test_rerank_registry:ReverseReranker")
-
-    def halfway(vlm_rank, retrieval_rank):
-        return vlm_rank + 2 * retrieval_rank
-
-    halfway.label = "fused: retrieval counted twice"
-    monkeypatch.setitem(fusion.FUSIONS, "halfway", halfway)
+    monkeypatch.setitem(FUSIONS, "halfway", "tests.test_rerank_registry:halfway")
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
-    cfg = validate({"run_name": "t", "fusion": "weighted",
-                    "rerank_top_k": 4}).model_copy(update={"rerank_backend": "reverse"})
+    cfg = validate({"run_name": "t", "fusion": "weighted", "rerank_top_k": 4, "rerank_backend": "reverse"})
     result = run_rerank(cfg, show_progress=False)
     assert (result.fused["vlm"][:, :4] == result.ranking[:, 3::-1]).all()
     assert result.metrics["backend"] == "reverse" and result.metrics["model"] == "reverse-v1"
@@ -88,6 +92,14 @@ def test_an_offline_order_that_is_not_a_permutation_is_refused(outputs):
 
 
 def test_fusion_rules_are_registered_with_labels():
-    assert list(fusion.FUSIONS) == ["weighted", "vlm", "rrf"]
-    assert all(fn.label for fn in fusion.FUSIONS.values())
-    assert fusion.RULES == tuple(fusion.FUSIONS)
+    """Each registered rule is a labelled score function that orders a query's top K (the labels name the rows of
+    notebook 04's tables, so two rules may not share one)."""
+    rules = FUSIONS.load_all()
+    labels = [fn.label for fn in rules.values()]
+    assert all(labels) and len(set(labels)) == len(labels), labels
+    vlm_rank = np.array([[3, 1, 2], [1, 2, 3]])
+    for name in rules:
+        order = fusion.fuse(vlm_rank, name)
+        assert sorted(order[0]) == [0, 1, 2] and list(order[1]) == [0, 1, 2], name  # agreement keeps the order
+    with pytest.raises(ValueError, match=r"fusion 'nonesuch' is not registered.*'weighted'"):
+        fusion.fuse(vlm_rank, "nonesuch")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODEL, TINY_WORLD
-from vici_utils import retrieval, verifier
+from vici_utils import retrieval
 from vici_utils.params import validate
-from vici_utils.rerank import run_rerank
+from vici_utils.rerank import run_rerank, verifier
 from vici_utils.run_folder import RERANK, stage_dir
 from vici_utils.train import train
 
@@ -23,8 +23,8 @@ def test_shortlists_keep_the_true_tile_for_training():
 
 def test_ranking_and_reason_describe_the_verifier_order():
     scores = np.array([[0.1, 2.0, -1.0]])
-    order = verifier.ranking_from_scores(scores)[0]
-    assert order == [2, 1, 3]
+    assert verifier.orders_from_scores(scores) == [[1, 0, 2]]  # retrieval positions, best score first
+    assert verifier.orders_from_scores(np.array([[1.0, 1.0, 2.0]])) == [[2, 0, 1]]  # a tie keeps the retrieval order
     assert "moves retrieval #2 to the top" in verifier.reason(scores[0], [1, 0, 2])
     assert "keeps retrieval's #1 first" in verifier.reason(np.array([3.0, 1.0, 0.0]), [0, 1, 2])
 

@@ -76,7 +76,7 @@ def _kernel(args) -> int:
 
 
 def _params_doc(args) -> int:
-    from .params import PARAMETERS_DOC, parameters_markdown
+    from .params_doc import PARAMETERS_DOC, parameters_markdown
 
     PARAMETERS_DOC.write_text(parameters_markdown())
     print(f"wrote {PARAMETERS_DOC}")

@@ -1,10 +1,10 @@
 """Contrastive losses over a batch of (street, satellite) pairs, with negatives from every process.
 
 Row i of the street batch and row i of the satellite batch show the same building; every other row is
-a negative.
-- `infonce` (CLIP's): the cross-view matrix S = street @ satellite.T / T is scored with cross-entropy towards
+a negative. Each loss is registered by name in vici_utils.registry.LOSSES (the `loss` parameter takes those names).
+- `info_nce` (CLIP's): the cross-view matrix S = street @ satellite.T / T is scored with cross-entropy towards
   its diagonal, once per row (street -> satellite) and once per column (satellite -> street).
-- `ntxent` (SimCLR's NT-Xent, VICI's loss: pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss(0.1))):
+- `nt_xent` (SimCLR's NT-Xent, VICI's loss: pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss(0.1))):
   all 2N embeddings against each other, so the other buildings' images of the *same* view are negatives too.
 """
 from __future__ import annotations
@@ -16,9 +16,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import DEFAULT_LOSS, LOSSES, labelled
+
 MAX_LOGIT_SCALE = 100.0  # temperature >= 0.01, as in CLIP: keeps a learnable temperature from collapsing
 
 
+@labelled("InfoNCE: CLIP's cross-view cross-entropy")
 def info_nce(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Mean of the street->satellite and satellite->street cross-entropies; features L2-normalised."""
     logits = logit_scale * street @ satellite.T
@@ -26,6 +29,7 @@ def info_nce(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.T
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+@labelled("NT-Xent: VICI's loss, over all 2N embeddings (same-view negatives too)")
 def nt_xent(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Mean over the 2N anchors of cross-entropy towards the anchor's other view, against the 2N - 2 others."""
     n = len(street)
@@ -34,10 +38,6 @@ def nt_xent(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.Te
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.arange(2 * n, device=z.device).roll(n)  # anchor i's positive is row i + N (mod 2N)
     return F.cross_entropy(logits, target)
-
-
-# The one place a loss is registered: name (the `loss` parameter) -> function of (street, satellite, 1/T).
-LOSSES = {"infonce": info_nce, "ntxent": nt_xent}
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
@@ -56,13 +56,11 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 
 
 class ContrastiveLoss(nn.Module):
-    """A loss of LOSSES with a fixed or learnable temperature (learned as log(1/T), CLIP's parametrisation)."""
+    """A registered loss with a fixed or learnable temperature (learned as log(1/T), CLIP's parametrisation)."""
 
-    def __init__(self, temperature: float = 0.1, learnable: bool = False, loss: str = "infonce"):
+    def __init__(self, temperature: float = 0.1, learnable: bool = False, loss: str = DEFAULT_LOSS):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        self.fn = LOSSES[loss]
+        self.fn = LOSSES.load(loss)
         init = torch.tensor(math.log(1.0 / temperature))
         if learnable:
             self.log_scale = nn.Parameter(init)

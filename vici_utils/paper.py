@@ -47,5 +47,3 @@ ABLATION = pd.DataFrame(
     ],
     columns=["model", "R@1", "R@5", "R@10"],
 )
-
-TABLES = {"backbones": BACKBONES, "vlms": VLMS, "drone_rate": DRONE_RATE, "ablation": ABLATION}

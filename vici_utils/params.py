@@ -7,21 +7,18 @@ API keys come from the environment only.
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import re
-import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from .rerank.fusion import FUSIONS, VALIDATION  # the registries (they import nothing of params: no circle)
-from .rerank.rerankers import RERANKERS
-
-from .paths import REPO_ROOT, resolve_user_path
-from .rerank.redaction import SECRET_NAME, clear_credentials
+from .paths import resolve_user_path
+from .redaction import SECRET_NAME, clear_credentials
+from .registry import DEFAULT_LOSS, DEFAULT_RERANKER, FUSIONS, LOSSES, RERANKERS, VALIDATION
 from .run_folder import PARAMS, TRAIN, run_dir
 _ENV_REF = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")  # $$ is a literal $
 URL_KEYS = ("vlm_base_url",)  # every ${VAR} in these stays a reference: expanded only where used, never stored
@@ -29,6 +26,15 @@ URL_KEYS = ("vlm_base_url",)  # every ${VAR} in these stays a reference: expande
 
 RUN_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 RESERVED_OUTPUTS = {"worlds": "the embedded worlds", "cache": "the feature cache"}  # folders of outputs/ itself
+# The keys whose values are names of a registry (vici_utils.registry), and the values each takes besides. They are
+# checked when a value is validated, so a name registered after this module was imported counts too.
+REGISTERED = {"loss": LOSSES, "rerank_backend": RERANKERS, "fusion": FUSIONS}
+OTHER_VALUES = {"fusion": (VALIDATION,)}
+
+
+def allowed_names(key: str) -> tuple[str, ...]:
+    """The values a registry-named key takes now: its registry's names, then any value of its own."""
+    return (*REGISTERED[key], *OTHER_VALUES.get(key, ()))
 
 
 class ParamsError(ValueError):
@@ -102,9 +108,7 @@ class Params(BaseModel):
                                                       "when learnable_temperature")
     learnable_temperature: bool = Field(True, description="learn T with the model (as log 1/T, as CLIP does; T "
                                                           "stays >= 0.01); false = fixed")
-    loss: Literal["infonce", "ntxent"] = Field(
-        "infonce", description="infonce: CLIP's cross-view cross-entropy; ntxent: VICI's NT-Xent over all 2N "
-                               "embeddings (same-view negatives too)")
+    loss: str = Field(DEFAULT_LOSS, description="the contrastive loss (the names: 'Registered names' below)")
     augment: Literal["mild", "timm"] = Field(
         "mild", description="mild: small crops, colour jitter, 90-degree tile rotations (the embedded default); "
                             "timm: VICI's timm training transform for every view (crop scale 0.08-1, flip, jitter 0.4)")
@@ -155,16 +159,14 @@ class Params(BaseModel):
     eval_batch_size: int = Field(128, ge=1, description="images per batch when embedding (validation, retrieval)")
 
     # --- re-ranking -----------------------------------------------------------------------------
-    rerank_backend: Literal[tuple(RERANKERS)] = Field("kreciprocal", description=(
-        "stage 2: none; kreciprocal (offline); gemini or openai (a VLM); verifier (a learned model, offline); "
-        "the registry is rerank.rerankers.RERANKERS"))
+    rerank_backend: str = Field(DEFAULT_RERANKER, description=(
+        "stage 2, the re-ranker (the names and what each does: 'Registered names' below)"))
     rerank_top_k: int = Field(10, ge=2, description="candidates re-ranked per query: the retrieval's top K (lower "
                                                     "ranks keep their order)")
-    fusion: Literal[(*FUSIONS, VALIDATION)] = Field(VALIDATION, description=(
-        "rule of answer_fused.txt and the run's reported result: weighted = re-ranked rank + retrieval rank (VICI); "
-        "vlm = the re-ranker's order; rrf = reciprocal rank fusion (rerank.fusion.FUSIONS); validation = the rule "
-        "with the best R@1 when the same re-ranker re-ranks the held-out validation buildings (needs val_fraction "
-        "> 0; a VLM is then asked about those queries too)"))
+    fusion: str = Field(VALIDATION, description=(
+        "rule of answer_fused.txt and the run's reported result: a fusion rule ('Registered names' below), or "
+        f"{VALIDATION} = the rule with the best R@1 when the same re-ranker re-ranks the held-out validation "
+        "buildings (needs val_fraction > 0; a VLM is then asked about those queries too)"))
     vlm_model: str = Field("gemini-2.5-flash", description="model name sent to the VLM server (a Gemini model id, "
                                                            "or an OpenAI-compatible server's model)")
     vlm_base_url: Optional[str] = Field(None, description=(
@@ -234,6 +236,16 @@ class Params(BaseModel):
         if parts[0] in RESERVED_OUTPUTS:
             raise ValueError(f"run_name may not start with '{parts[0]}': outputs/{parts[0]}/ holds "
                              f"{RESERVED_OUTPUTS[parts[0]]}, shared by every run; choose another name")
+        return v
+
+    @field_validator(*REGISTERED)
+    @classmethod
+    def _registered(cls, v, info):
+        names = allowed_names(info.field_name)
+        if v not in names:  # worded as pydantic words a Literal's error
+            *first, last = map(repr, names)
+            raise PydanticCustomError("registered", "Input should be {names} (vici_utils.registry)",
+                                      {"names": f"{', '.join(first)} or {last}" if first else last})
         return v
 
     @field_validator("vlm_base_url")
@@ -453,75 +465,3 @@ def from_notebook(namespace: dict) -> Params:
 
 def to_yaml(params: Params) -> str:
     return yaml.safe_dump(params.model_dump(), sort_keys=False)
-
-
-# --- docs/parameters.md, generated from the fields above (python -m vici_utils params-doc) ----------------------
-PARAMETERS_DOC = REPO_ROOT / "docs" / "parameters.md"
-
-
-def _sections() -> list[tuple[str, list[str]]]:
-    """Params' fields grouped as the `# --- title ---` comments of its class body group them."""
-    sections: list[tuple[str, list[str]]] = []
-    for line in inspect.getsource(Params).splitlines():
-        title = re.match(r"\s*# --- (.+?) -+$", line)
-        field = re.match(r" {4}(\w+):", line)
-        if title:
-            sections.append((title.group(1), []))
-        elif field and field.group(1) in Params.model_fields:
-            sections[-1][1].append(field.group(1))
-    return sections
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")  # a bar would end the table cell
-
-
-def _yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _allowed(field) -> str:
-    """The values a field takes, from its type and bounds: 'auto \\| cpu \\| cuda', 'integer >= 1, or null'."""
-    kinds = {bool: "true \\| false", int: "integer", float: "number", str: "text"}
-    args = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Union else (field.annotation,)
-    parts = []
-    for t in args:
-        if t is type(None):
-            continue
-        if typing.get_origin(t) is Literal:
-            parts.append(" \\| ".join(_yaml_value(v) for v in typing.get_args(t)))
-        else:
-            parts.append(kinds.get(t, getattr(t, "__name__", str(t))))
-    bounds = [f"{op} {_yaml_value(getattr(m, name))}" for m in field.metadata
-              for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, name)]
-    text = ", or ".join(parts) + (" " + ", ".join(bounds) if bounds else "")
-    return text + (", or null" if type(None) in args else "")
-
-
-def parameters_markdown() -> str:
-    """docs/parameters.md: every parameter with its default, allowed values and description, grouped as in Params."""
-    lines = ["# Parameters", "",
-             "<!-- Generated from the field descriptions in vici_utils/params.py by "
-             "`python -m vici_utils params-doc`; edit those, not this file. -->", "",
-             "Every key of a parameters file (`params/*.yaml`) and of `--set key=value`. The defaults are the "
-             "embedded workbook (`params/default.yaml`); `params/paper.yaml` switches to University-1652 with VICI's "
-             "recipe. `null` in a file is None in the descriptions. Secrets (API keys) are never parameters: they "
-             "come from the environment.", ""]
-    for title, keys in _sections():
-        lines += [f"## {title[0].upper()}{title[1:]}", "", "| key | default | allowed | description |",
-                  "|---|---|---|---|"]
-        for key in keys:
-            f = Params.model_fields[key]
-            lines.append(f"| `{key}` | `{_yaml_value(f.default)}` | {_allowed(f)} | "
-                         f"{_cell(f.description or '')} |")
-        lines.append("")
-    lines += ["## What a trained model depends on", "",
-              "Evaluation checks these keys against a checkpoint's own (a model trained on other data or with "
-              "another architecture is refused):", "", ", ".join(f"`{k}`" for k in (*DATA_KEYS, *MODEL_KEYS)), "",
-              "Resuming training checks all of these; change one and use another `run_name`, or `resume: false`:", "",
-              ", ".join(f"`{k}`" for k in TRAIN_KEYS), ""]
-    return "\n".join(lines)

@@ -6,7 +6,7 @@
 A sweep file names a base parameters file and a list of variants:
 
     sweep: drone_rate            # runs go to outputs/<sweep>/<variant>/, results to outputs/<sweep>/results.csv
-    table: drone_rate            # the paper table it reproduces (vici_utils.paper.TABLES), optional
+    table: drone_rate            # its kind of table (vici_utils.registry.TABLE_KINDS), optional
     base: ../default.yaml        # parameters file, relative to this file
     set: {epochs: 40}            # applied to every variant (optional)
     seeds: [0, 1, 2]             # optional: every variant once per seed, named <variant>_s<seed>
@@ -36,15 +36,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import paper
 from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, parse_set, read_params_file,
                      read_yaml, validate)
 from .paths import outputs_root
+from .registry import OWN_TABLE, TABLE_KINDS
+from .results.paper_tables import kind_of
 from .results.rows import read_run_folder
 from .run_folder import BEST, MANIFEST, RESULTS, TRAIN, read_manifest, run_dir, trained_checkpoint, write_atomic
 
@@ -72,11 +73,20 @@ class SweepSpec(BaseModel):
 
     sweep: str = Field(pattern=SEGMENT)
     base: str
-    table: Optional[Literal[tuple(paper.TABLES)]] = None
+    table: Optional[str] = None  # a table kind; None = a table of its own
     overrides: dict[str, Any] = Field(default_factory=dict, alias="set")
     seeds: Optional[list[int]] = Field(None, min_length=1)
     only: Optional[Notebooks] = None
     variants: list[Variant] = Field(min_length=1)
+
+    @field_validator("table")
+    @classmethod
+    def _registered_table(cls, v):  # checked when validated, so a kind registered at run time counts
+        if v is not None and (v == OWN_TABLE or v not in TABLE_KINDS):
+            kinds = ", ".join(repr(k) for k in TABLE_KINDS if k != OWN_TABLE)
+            raise ValueError(f"table {v!r} is not a registered kind of table (vici_utils.registry.TABLE_KINDS: "
+                             f"{kinds}); leave `table:` out for a table of its own")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -96,8 +106,9 @@ class SweepSpec(BaseModel):
             if v.model_from is not None and (v.model_from not in names[:i] or not trains[v.model_from]):
                 raise ValueError(f"variant '{v.name}': model_from {v.model_from!r} must name an earlier variant "
                                  f"that trains its own model (earlier: {', '.join(names[:i]) or 'none'})")
-        if self.table:
-            rows = set(paper.TABLES[self.table].iloc[:, 0])
+        published = kind_of(self.table).paper if self.table else None
+        if published is not None:  # the paper's numbers are optional: a kind without them names no paper rows
+            rows = set(published.iloc[:, 0])
             for v in self.variants:
                 for field in ("paper_row", "rerank_paper_row"):
                     row = getattr(v, field)
@@ -301,7 +312,7 @@ def collect(sweep: Sweep, failures: Optional[dict[str, str]] = None) -> pd.DataF
                "paper_row": r.variant.paper_row or "", "rerank_paper_row": r.variant.rerank_paper_row or "",
                "model_from": r.model_from.run_name if r.model_from else ""}
         row |= {f"param.{k}": getattr(r.params, k) for k in sweep.swept_keys}
-        found = read_run_folder(folder, with_model_stats=sweep.spec.table == "backbones")
+        found = read_run_folder(folder, with_model_stats=kind_of(sweep.spec.table or OWN_TABLE).needs_model_stats)
         if source is None:
             status = (found.get("status") or "missing") if found.get("status") != "ok" else "stale"
             found = {k: v for k, v in found.items() if k in ("status", "error")}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..metrics import RECALLS
 from ..provenance import describe_model
-from ..rerank.fusion import FUSIONS
+from ..registry import FUSIONS
 from ..rerank.report import describe_reranker
 from ..u1652 import load_image
 from . import framed, stamp
@@ -198,7 +198,7 @@ def request_sheet(request, cfg, answer: dict | None = None, true_candidate: int 
 
 def verifier_attention(result, cfg, q: int, heats: list):
     """What the learned verifier looks at: for query q, its attention from the street photo's tokens onto each
-    candidate tile's token grid (`heats[pos]`, from verifier.attention_maps), drawn over the tile; candidates in
+    candidate tile's token grid (`heats[pos]`, from the verifier's attention_maps), drawn over the tile; candidates in
     the verifier's own order."""
     f, k = result.features, result.metrics["top_k"]
     o = result.outcomes[q]

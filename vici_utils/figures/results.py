@@ -167,7 +167,7 @@ def rerank_plot(tables: list[Table], cfg, this_run: Table | None = None):
     panels, shown = [], []
     for t in [*tables, *([this_run] if this_run is not None else [])]:
         ours = _ours(t)
-        if t.kind != "vlms" and "stage" in ours:  # the variants that were re-ranked: their rows only
+        if not t.kind_spec.all_reranked and "stage" in ours:  # the variants that were re-ranked: their rows only
             reranked = set(ours.loc[ours["stage"] != "retrieval", "variant"])
             ours = ours[ours["variant"].isin(reranked)]
         if len(ours):

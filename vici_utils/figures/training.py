@@ -9,6 +9,7 @@ import torch
 
 from ..datasets import SATELLITE, PairKey, decode_image, drone_choices
 from ..provenance import describe_model
+from ..registry import LOSSES
 from ..transforms import model_transforms
 from . import framed, legend_below, stamp
 
@@ -125,7 +126,7 @@ def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = No
     ax.axhline(math.log(b), color="0.5", ls=":", lw=1, label=f"chance: log {b} = {math.log(b):.2f}")
     ax.set_ylim(0, max(math.log(b), log["loss"].max()) * 1.15)
     ax.set_xlabel("epoch")
-    ax.set_ylabel({"infonce": "InfoNCE", "ntxent": "NT-Xent"}.get(cfg.loss, cfg.loss) + " loss")
+    ax.set_ylabel(LOSSES.load(cfg.loss).label.partition(":")[0] + " loss")  # the label's name, before its colon
     ax.set_title("training loss", fontsize=10)
     val = log.dropna(subset=["R@1"])
     which = val["eval_set"].iloc[0] if len(val) else cfg.select_on

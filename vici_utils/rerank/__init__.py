@@ -3,19 +3,17 @@
     from vici_utils.rerank import run_rerank
     result = run_rerank(cfg)   # writes outputs/<run_name>/rerank/
 
-Modules: rerankers (the re-ranker interface and registry), backends (Gemini, OpenAI-compatible), kreciprocal
-(the offline re-ranker), ask (the worker pool of network re-rankers), prompt (what the model is asked and
-shown), schema (the answer and its checks), limits (rate limit, retries), cache (stored answers), fusion (the
-fusion rules), redaction (secrets out of everything shown or written), pricing, run (orchestration), report
-(notebook tables), batch (vlm_mode: batch, the Gemini Batch API). Names are imported on first use: a module that
-reads a registry (fusion, rerankers: `params` does, and every stage imports params) then loads that module only,
-not the whole stage with pandas and faiss.
+Modules: rerankers (the re-ranker interface), backends (Gemini, OpenAI-compatible), kreciprocal
+(the offline re-ranker), verifier (the learned offline re-ranker), ask (the worker pool of network re-rankers),
+prompt (what the model is asked and shown), schema (the answer and its checks), limits (rate limit, retries), cache
+(stored answers), fusion (the fusion rules), pricing, run (orchestration), report (notebook tables), batch
+(vlm_mode: batch, the Gemini Batch API). Every re-ranker and fusion rule is registered by name in
+vici_utils.registry. Names are imported on first use, so `import vici_utils.rerank` alone loads no backend's SDK.
 """
 from importlib import import_module
 
 _EXPORTS = {"run_rerank": "run", "RerankResult": "run", "load_features": "run",
-            "RerankError": "rerankers", "RERANKERS": "rerankers", "make_reranker": "rerankers",
-            "FUSIONS": "fusion", "RetryPolicy": "limits", "redact": "redaction", "redact_url": "redaction",
+            "RerankError": "rerankers", "make_reranker": "rerankers", "RetryPolicy": "limits",
             "BatchPending": "batch"}
 __all__ = list(_EXPORTS)
 

@@ -37,7 +37,7 @@ from . import fusion
 from .cache import AnswerCache, request_key
 from .limits import RetryPolicy, TokenBucket, TransientError, with_retries
 from .prompt import ImageEncoder, Request, build_request
-from .redaction import redact
+from ..redaction import redact
 from .rerankers import AskStats, QueryOutcome, Reranked, RerankError, RerankJob
 from .schema import AnswerFault, parse_answer
 
@@ -233,7 +233,8 @@ def permutations(k: int, n: int, seed: int, query: int) -> list[list[int]]:
 
 class VLMReranker:
     """A re-ranker that asks a vision-language model over the network (see rerankers.Reranker). Subclasses
-    set name, model, url and settings in __init__ (checking keys and URLs there) and implement send/aclose."""
+    set model, url and settings in __init__ (checking keys and URLs there) and implement send/aclose; `name` is
+    the name the run chose it by (rerank_backend), for messages and the cache key."""
     name: str
     model: str
     url: str           # the endpoint, for messages (no credentials)
@@ -242,6 +243,7 @@ class VLMReranker:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.name = cfg.rerank_backend
 
     @staticmethod
     def describe(cfg) -> str:

@@ -25,13 +25,12 @@ from urllib.parse import urlsplit
 from .ask import VLMReranker
 from .limits import TransientError, server_retry_delay
 from .prompt import PROMPT_VERSION, ImagePart, Request, image_digest
-from .redaction import expand_secret_refs, redact, redact_url, remember_url_credentials
+from ..redaction import expand_secret_refs, redact, redact_url, remember_url_credentials
 from .rerankers import RerankError
 from .schema import RerankAnswer, json_schema
 
 __all__ = ["GeminiBackend", "OpenAIBackend", "ProtocolError", "RerankError", "Reply", "redact", "redact_url"]
 
-KEY_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPENAI_API_KEY",)}
 GEMINI_BASE = "https://generativelanguage.googleapis.com"
 MAX_OUTPUT_TOKENS = 8192  # leaves room for the JSON after a thinking budget of ~1k tokens
 BODY_SHOWN = 200          # characters of an unparseable body quoted in the error
@@ -64,13 +63,13 @@ class Reply:
                 setattr(self, f.name, redact(value))
 
 
-def _api_key(backend: str, required: bool) -> Optional[str]:
-    for var in KEY_VARS[backend]:
+def _api_key(backend, required: bool) -> Optional[str]:
+    for var in backend.key_vars:
         if os.environ.get(var):
             return os.environ[var]
     if required:
-        raise RerankError(f"rerank_backend '{backend}' needs an API key in the environment: set "
-                          f"{' or '.join(KEY_VARS[backend])} (keys are never parameters, so they never end up "
+        raise RerankError(f"rerank_backend '{backend.name}' needs an API key in the environment: set "
+                          f"{' or '.join(backend.key_vars)} (keys are never parameters, so they never end up "
                           "in a notebook). For an offline run use rerank_backend: kreciprocal.")
     return None
 
@@ -90,7 +89,8 @@ def _checked_base_url(url: str, backend: str) -> str:
     return url.rstrip("/")
 
 
-def _fatal_or_transient(backend: str, model: str, url: str, status: int, message: str, retry_after=None):
+def _fatal_or_transient(backend, model: str, url: str, status: int, message: str, retry_after=None):
+    """`backend`: the re-ranker that asked (its name and key variables name the fix)."""
     if status in (408, 409, 429) or status >= 500:
         return TransientError(redact(f"HTTP {status} from {url}: {message}"), retry_after)
     what = FATAL_STATUS.get(status, f"HTTP {status}")
@@ -99,8 +99,8 @@ def _fatal_or_transient(backend: str, model: str, url: str, status: int, message
         hint = (f" Check vlm_model='{model}' (retired preview ids such as gemini-2.5-flash-preview-05-20 answer 404; "
                 "use a current id such as gemini-2.5-flash) and vlm_base_url.")
     elif status in (401, 403):
-        hint = f" Check the key in {' / '.join(KEY_VARS[backend])}."
-    return RerankError(redact(f"{backend} backend at {url}: {what} for model '{model}': {message}.{hint} "
+        hint = f" Check the key in {' / '.join(backend.key_vars)}."
+    return RerankError(redact(f"{backend.name} backend at {url}: {what} for model '{model}': {message}.{hint} "
                               "Stopping the run rather than silently keeping the retrieval order."))
 
 
@@ -145,15 +145,16 @@ class GeminiBackend(VLMReranker):
     The SDK turns a request into JSON in pure Python (pydantic walks, base64, json.dumps: ~50 ms for eleven
     384-px images). On the event loop that would stall every other request's socket I/O, so each call runs
     the SDK's synchronous client in a thread of our own pool instead."""
-    name = "gemini"
+    label = "a VLM through Google's Gemini API (a key in the environment)"
+    key_vars = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
     def __init__(self, cfg):
         from google import genai
         from google.genai import types
 
-        key = _api_key("gemini", required=True)
-        base = _checked_base_url(cfg.vlm_base_url or GEMINI_BASE, self.name)
         super().__init__(cfg)
+        key = _api_key(self, required=True)
+        base = _checked_base_url(cfg.vlm_base_url or GEMINI_BASE, self.name)
         self.types = types
         self.model = cfg.vlm_model
         self.url = f"{redact_url(base)} (models/{self.model}:generateContent)"
@@ -161,7 +162,7 @@ class GeminiBackend(VLMReranker):
         options = types.HttpOptions(base_url=base if cfg.vlm_base_url else None, timeout=int(cfg.vlm_timeout_s * 1000))
         self.client = genai.Client(api_key=key, http_options=options)
         # spare threads: a timed-out call keeps its thread until the SDK's own timeout (the same) fires
-        self.pool = concurrent.futures.ThreadPoolExecutor(2 * cfg.vlm_concurrency, thread_name_prefix="gemini")
+        self.pool = concurrent.futures.ThreadPoolExecutor(2 * cfg.vlm_concurrency, thread_name_prefix=self.name)
         media = {"unspecified": None, "low": types.MediaResolution.MEDIA_RESOLUTION_LOW,
                  "medium": types.MediaResolution.MEDIA_RESOLUTION_MEDIUM,
                  "high": types.MediaResolution.MEDIA_RESOLUTION_HIGH}[cfg.vlm_media_resolution]
@@ -201,7 +202,7 @@ class GeminiBackend(VLMReranker):
                                               timeout=self.timeout_s)
         except errors.APIError as e:
             retry_after = server_retry_delay(getattr(e.response, "headers", None), e.details)
-            raise _fatal_or_transient(self.name, self.model, self.url, e.code or 0,
+            raise _fatal_or_transient(self, self.model, self.url, e.code or 0,
                                       f"{e.status}: {e.message}", retry_after) from None
         except (asyncio.TimeoutError, httpx2.TimeoutException):
             raise TransientError(f"{self.url}: timed out after {self.timeout_s:g} s") from None
@@ -218,22 +219,23 @@ class GeminiBackend(VLMReranker):
 class OpenAIBackend(VLMReranker):
     """POST {vlm_base_url}/chat/completions with images as data URIs and a JSON-schema response format.
     The protocol has a temperature but no thinking budget, so vlm_thinking_budget does not apply."""
-    name = "openai"
+    label = "a VLM behind an OpenAI-compatible server (vlm_base_url: vLLM, Ollama, llama.cpp)"
+    key_vars = ("OPENAI_API_KEY",)
 
     def __init__(self, cfg):
         import httpx
 
+        super().__init__(cfg)
         if not cfg.vlm_base_url:
-            raise RerankError("rerank_backend 'openai' needs vlm_base_url, the server's OpenAI-compatible root "
+            raise RerankError(f"rerank_backend '{self.name}' needs vlm_base_url, the server's OpenAI-compatible root "
                               "(e.g. http://localhost:8000/v1 for vLLM, http://localhost:11434/v1 for Ollama)")
         base = _checked_base_url(cfg.vlm_base_url, self.name)
-        super().__init__(cfg)
         self.model = cfg.vlm_model
         self.endpoint = f"{base}/chat/completions"
         self.url = redact_url(self.endpoint)
         self.timeout_s = cfg.vlm_timeout_s
         self.temperature = cfg.vlm_temperature
-        key = _api_key("openai", required=False)
+        key = _api_key(self, required=False)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=cfg.vlm_timeout_s,
                                         limits=httpx.Limits(max_connections=cfg.vlm_concurrency + 4))
@@ -277,7 +279,7 @@ class OpenAIBackend(VLMReranker):
             message = (body.get("error", body) if isinstance(body, dict) else None) or r.text[:300]
             if isinstance(message, dict):
                 message = message.get("message", message)
-            raise _fatal_or_transient(self.name, self.model, self.url, r.status_code, str(message),
+            raise _fatal_or_transient(self, self.model, self.url, r.status_code, str(message),
                                       server_retry_delay(r.headers, body))
         return self._reply(body, r.text, time.perf_counter() - t0)
 

@@ -43,7 +43,7 @@ from .backends import GeminiBackend, ProtocolError, _fatal_or_transient, _gemini
 from .cache import AnswerCache, request_key
 from .limits import RetryPolicy, TransientError
 from .prompt import ImageEncoder, ImagePart, Request, image_digest
-from .redaction import redact
+from ..redaction import redact
 from .rerankers import AskStats, Reranked, RerankError, RerankJob
 
 log = logging.getLogger("vici_utils.rerank")
@@ -116,7 +116,7 @@ class JobBook:
 
 
 class GeminiBatchBackend(GeminiBackend):
-    """rerank_backend: gemini with vlm_mode: batch (rerankers.BATCH_RERANKERS): GeminiBackend's requests, cache
+    """rerank_backend: gemini with vlm_mode: batch (registry.BATCH_RERANKERS): GeminiBackend's requests, cache
     key and answer parsing, asked through the Batch API."""
 
     def rerank(self, job: RerankJob) -> Reranked:
@@ -224,7 +224,7 @@ class BatchAsker:
             try:
                 return fn()
             except errors.APIError as e:
-                err = _fatal_or_transient(self.backend.name, self.backend.model, f"{self.backend.url} ({what})",
+                err = _fatal_or_transient(self.backend, self.backend.model, f"{self.backend.url} ({what})",
                                           e.code or 0, f"{e.status}: {e.message}")
             except Exception as e:  # connection failures of either HTTP library the SDK may use
                 if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore"):

@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from .redaction import redact
+from ..redaction import redact
 from .prompt import Request
 
 

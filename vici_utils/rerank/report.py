@@ -4,27 +4,15 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import paper
+from ..registry import FUSIONS
 from ..metrics import METRICS, RECALLS
 from . import pricing, rerankers
-from .fusion import FUSIONS
 from .prompt import ImageEncoder, Request, build_request
 from .run import RerankResult
 
-# What a re-ranker's reason string means, for the re-rankers whose reasons are not a model's own words.
-REASONS = {
-    "kreciprocal": "k-reciprocal's reason names the candidate it put first and two distances of that tile from the "
-                   "query, lower meaning closer: the k-reciprocal distance it sorted by (a mix of the Jaccard distance "
-                   "between the two images' sets of mutual nearest neighbours and the embedding distance, weighted "
-                   "by lambda) and the original embedding distance alone (scaled to 0-1 per image); when it moved a "
-                   "tile above retrieval's first choice, the same two numbers for retrieval #1 follow in brackets.",
-    "verifier": "the learned verifier's reason gives its match score for the candidate it put first against its "
-                "score for retrieval's first candidate (higher meaning a better match).",
-}
-
-
 def rule_label(rule: str) -> str:
-    """'retrieval only', or the fusion rule's own label (fusion.FUSIONS)."""
-    return "retrieval only" if rule == "retrieval" else getattr(FUSIONS[rule], "label", rule)
+    """'retrieval only', or the fusion rule's own label."""
+    return "retrieval only" if rule == "retrieval" else getattr(FUSIONS.load(rule), "label", rule)
 
 
 def describe_reranker(cfg) -> str:
@@ -119,7 +107,8 @@ def how_it_reasons(cfg) -> str:
         guide = ("a vision-language model answered: its reason is its own explanation of its first choice, in its "
                  "own words (cut short in the figures).")
     else:
-        guide = REASONS.get(name, "its reason is the note it wrote for its first choice.")
+        guide = getattr(rerankers.reranker_class(name), "how_to_read",  # an offline re-ranker's own words
+                        "its reason is the note it wrote for its first choice.")
     return f"This run re-ranked with {describe_reranker(cfg)}; {guide}"
 
 

@@ -1,39 +1,27 @@
-"""Every re-ranker behind one interface, in one registry.
+"""Every re-ranker behind one interface.
 
 A re-ranker takes the run's retrieval (each query's top K, the features and image paths of
 features.npz) and returns, per query, an order of those K candidates. `run_rerank` does the rest
-(fusion, metrics, files), whatever the re-ranker is.
+(fusion, metrics, files), whatever the re-ranker is. The re-rankers, and the ones that can ask through a batch
+API (vlm_mode: batch), are registered by name in vici_utils.registry (RERANKERS, BATCH_RERANKERS); the
+`rerank_backend` parameter takes those names.
 
-    RERANKERS = {"none": ..., "kreciprocal": ..., "gemini": ..., "openai": ...}   # rerank_backend values
-
-Adding one: a class that satisfies `Reranker` (in vici_utils/rerank/, say), one line here, and its test.
-Built with the run's parameters, it must check what it can before anything is written (keys, URLs,
+Adding one: a class that satisfies `Reranker` (in vici_utils/rerank/, say), one line in the registry, and its
+test. Built with the run's parameters, it must check what it can before anything is written (keys, URLs,
 inputs): a failed set-up leaves the previous results alone. An offline re-ranker that scores
-each query's candidates itself (a learned verifier, say) only needs `rerank`: read `job.features`
+each query's candidates itself (the learned verifier, say) only needs `rerank`: read `job.features`
 (paths, features) and `job.ranking`, then return `outcomes_from_orders(job, orders, notes, label)`.
-
-The registry names classes by import path, so `params` can list the names without importing any
-re-ranker (nor this package importing params: no import circle).
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-RERANKERS = {  # rerank_backend -> "module:class"
-    "none": "vici_utils.rerank.rerankers:NoReranker",
-    "kreciprocal": "vici_utils.rerank.kreciprocal:KReciprocalReranker",
-    "gemini": "vici_utils.rerank.backends:GeminiBackend",
-    "openai": "vici_utils.rerank.backends:OpenAIBackend",
-    "verifier": "vici_utils.verifier:VerifierReranker",
-}
-# vlm_mode: batch -> the same re-ranker asking through a batch API (the same requests, answers and store)
-BATCH_RERANKERS = {"gemini": "vici_utils.rerank.batch:GeminiBatchBackend"}
+from ..registry import BATCH_RERANKERS, RERANKERS, UnknownName
 
 
 class RerankError(RuntimeError):
@@ -97,8 +85,9 @@ class Reranked:
 
 class Reranker(Protocol):
     """The interface. `__init__(cfg)` validates the settings (raise RerankError); `check(job)` validates
-    the inputs (images present...) before any output is touched; `rerank(job)` does the work."""
-    name: str
+    the inputs (images present...) before any output is touched; `rerank(job)` does the work. `label` says in a
+    few words what it is (docs/parameters.md); the run's `rerank_backend` is the name it was registered under."""
+    label: str
 
     @staticmethod
     def describe(cfg) -> str:
@@ -110,10 +99,10 @@ class Reranker(Protocol):
 
 
 def reranker_class(name: str) -> type:
-    if name not in RERANKERS:
-        raise RerankError(f"rerank_backend '{name}' is not a known re-ranker (have {', '.join(RERANKERS)})")
-    module, cls = RERANKERS[name].split(":")
-    return getattr(import_module(module), cls)
+    try:
+        return RERANKERS.load(name)
+    except UnknownName as e:
+        raise RerankError(str(e)) from None
 
 
 def make_reranker(cfg) -> Reranker:
@@ -123,8 +112,7 @@ def make_reranker(cfg) -> Reranker:
             raise RerankError(f"vlm_mode: batch needs a re-ranker that can ask in batches (rerank_backend: "
                               f"{' or '.join(BATCH_RERANKERS)}), not '{cfg.rerank_backend}'; use vlm_mode: "
                               "interactive for it")
-        module, cls = BATCH_RERANKERS[cfg.rerank_backend].split(":")
-        return getattr(import_module(module), cls)(cfg)
+        return BATCH_RERANKERS.load(cfg.rerank_backend)(cfg)
     return reranker_class(cfg.rerank_backend)(cfg)
 
 
@@ -154,8 +142,8 @@ def outcomes_from_orders(job: RerankJob, orders: list[list[int]], notes: list[st
 
 
 class NoReranker:
-    """rerank_backend: none. The retrieval order, unchanged (the baseline every re-ranker is compared with)."""
-    name = "none"
+    """The retrieval order, unchanged (the baseline every re-ranker is compared with)."""
+    label = "the retrieval order, unchanged (no re-ranking)"
 
     def __init__(self, cfg):
         pass

@@ -1,7 +1,7 @@
 """Stage 2, end to end: `run_rerank(cfg)` re-ranks each query's top K and writes outputs/<run>/rerank/.
 
-    retrieval/features.npz -> ranking -> top K per query -> re-ranker (rerankers.RERANKERS)
-        -> per-query order of the K -> fusion with the retrieval order (fusion.FUSIONS) -> metrics, answers, reasons
+    retrieval/features.npz -> ranking -> top K per query -> re-ranker (registry.RERANKERS)
+        -> per-query order of the K -> fusion with the retrieval order (registry.FUSIONS) -> metrics, answers, reasons
 
 No query is ever dropped: one whose answers all failed keeps its retrieval order, recorded with why. But a
 run where more than vlm_max_fallback_share of the queries fell back is a failed run: it raises (so the
@@ -35,7 +35,7 @@ from ..metrics import evaluate_ranking, full_ranking, scalars
 from ..run_folder import FEATURES, RERANK, RETRIEVAL, VAL_FEATURES, read_features, stage_dir
 from . import fusion, pricing
 from .limits import RetryPolicy
-from .redaction import redact
+from ..redaction import redact
 from .rerankers import QueryOutcome, RerankError, RerankJob, make_reranker
 
 log = logging.getLogger("vici_utils.rerank")

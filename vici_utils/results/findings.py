@@ -3,31 +3,34 @@
 the README's results section."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pandas as pd
 
 from .. import narrative
 from .rows import rerank_gains, trained_epochs
 
-# sweep name (or table kind) -> (variant a, variant b, what "b minus a" measures, a note)
-COMPARISONS: dict[str, list[tuple[str, str, str, str]]] = {
-    "backbones": [("effnet_scratch", "effnet_pretrained",
-                   "Pretraining, EfficientNet-Lite0 with ImageNet weights minus the same network from scratch", ""),
-                  ("resnet10t_scratch", "effnet_pretrained",
-                   "EfficientNet-Lite0 with ImageNet weights minus ResNet-10t from scratch", "")],
-    "drone_rate": [("p0", "p0.3", "Drone mixing, P = 0.3 minus P = 0",
-                    "The paper reports +3.0 on University-1652, from one run per P.")],
-    "ablation": [("no_drone", "drone", "Drone data, + drone data minus the model alone", "")],
-    "drone_views": [("p0", "p0.3_54", "Drone mixing with 54 drone views per building, P = 0.3 minus P = 0", ""),
-                    ("p0.3", "p0.3_54", "At P = 0.3, 54 drone views per building minus 4-6", "")],
+
+class Comparison(NamedTuple):
+    a: str     # a variant of the sweep
+    b: str     # another
+    what: str  # what "b minus a" measures
+    note: str = ""
+
+
+# sweep name -> its comparisons, for a sweep that has its own (the others take their table kind's, TableKind)
+COMPARISONS: dict[str, tuple[Comparison, ...]] = {
+    "drone_views": (Comparison("p0", "p0.3_54", "Drone mixing with 54 drone views per building, P = 0.3 minus P = 0"),
+                    Comparison("p0.3", "p0.3_54", "At P = 0.3, 54 drone views per building minus 4-6")),
 }
 
 
-def findings(name: str, kind: str, results: pd.DataFrame) -> list[str]:
-    """The sentences for one sweep's results.csv rows: its comparisons whose two variants it has, then what
-    each re-ranking variant changed (paired by seed)."""
+def findings(name: str, kind_comparisons: tuple[Comparison, ...], results: pd.DataFrame) -> list[str]:
+    """The sentences for one sweep's results.csv rows: its comparisons (its own, else its table kind's) whose two
+    variants it has, then what each re-ranking variant changed (paired by seed)."""
     variants = set(results["variant"]) if "variant" in results else set()
     out = [narrative.variant_difference(results, a, b, what, note)
-           for a, b, what, note in COMPARISONS.get(name, COMPARISONS.get(kind, []))
+           for a, b, what, note in COMPARISONS.get(name, kind_comparisons)
            if {a, b} <= variants]
     gains = rerank_gains(results)
     if len(gains):

@@ -1,9 +1,9 @@
 """Our results in the shape of the paper's tables, our rows beside the paper's published ones.
 
-Each kind of table (a key of paper.TABLES, or '' for a sweep of its own) is one shaping function, registered
-with @table_kind: it turns a sweep's rows, averaged over seeds, into the table's rows, each naming the
-paper row it stands beside. A new kind is one function here (and, if the paper has it, its numbers in
-vici_utils.paper).
+Each kind of table (a sweep file's `table:`, or '' for a sweep of its own) is one shaping function made a
+TableKind by @table_kind and registered by name in vici_utils.registry.TABLE_KINDS: it turns a sweep's rows,
+averaged over seeds, into the table's rows, each naming the paper row it stands beside. A new kind is one function
+here and one line in the registry (and, if the paper has it, its numbers in vici_utils.paper, given as `paper=`).
 """
 from __future__ import annotations
 
@@ -19,34 +19,43 @@ from ..metrics import METRICS, RECALLS
 from ..params import Params
 from ..rerank.rerankers import sees_order
 from ..paths import REPO_ROOT
+from ..registry import FUSIONS, OWN_TABLE, TABLE_KINDS
 from ..run_folder import run_dir
-from ..rerank.fusion import FUSIONS
-from .findings import findings
+from .findings import Comparison, findings
 from .rows import (RECORDED, aggregate_seeds, find_recorded, find_results, is_summary, read_rows, read_run_folder,
                    reported_rule, trained_epochs)
 
 TEXT_COLUMNS = ("table", "label", "paper_row", "rerank_paper_row", "source_run", "model_from", "error", "status")
-OWN = ""  # the kind of a sweep with no paper table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TableKind:
     title: str
     shape: Callable[[pd.DataFrame], list[dict]]  # variants (aggregated over seeds) -> our rows
     extra: tuple[str, ...] = ()        # our columns between the row label and the metrics
     paper_extra: tuple[str, ...] = ()  # the paper's own columns shown beside ours
     match_by_rate: bool = False        # our rows meet the paper's by drone rate P, not by the paper row's name
+    paper: Optional[pd.DataFrame] = None  # the paper's published table (vici_utils.paper), first column its rows
+    needs_model_stats: bool = False    # its rows show each model's size and cost (results.rows builds the model)
+    all_reranked: bool = False         # every variant re-ranks one shared retrieval (re-ranking figures keep all rows)
+    comparisons: tuple[Comparison, ...] = ()  # differences between two variants its findings state (findings.py)
+
+    @property
+    def label(self) -> str:
+        return self.title
 
 
-KINDS: dict[str, TableKind] = {}
+def table_kind(title: str, **how):
+    """Make a shaping function a table kind (see TableKind for `how`); vici_utils.registry.TABLE_KINDS names it."""
+    def make(fn) -> TableKind:
+        return TableKind(title, fn, **how)
+    return make
 
 
-def table_kind(name: str, title: str, **how):
-    """Register a shaping function as the table kind `name` (see TableKind for `how`)."""
-    def register(fn):
-        KINDS[name] = TableKind(title, fn, **how)
-        return fn
-    return register
+def kind_of(name: str) -> TableKind:
+    """The registered table kind `name`; a kind no longer registered (in an older results.csv) is shown as a sweep of
+    its own."""
+    return TABLE_KINDS.load(name if name in TABLE_KINDS else OWN_TABLE)
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Table:
     """Our rows beside the paper's. `rows` holds numbers: ours as '<metric>' and '<metric>_std', the paper's
     as 'paper <metric>'; rows the paper has and we do not come last, with our columns empty."""
     name: str                   # the sweep (or run) the rows come from
-    kind: str                   # a key of paper.TABLES, or '' for a table of its own
+    kind: str                   # a name of registry.TABLE_KINDS ('' for a table of its own)
     rows: pd.DataFrame
     provenance: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)        # columns between the row label and the metrics
@@ -67,7 +76,11 @@ class Table:
 
     @property
     def title(self) -> str:
-        return KINDS[self.kind].title if self.kind in KINDS else self.kind
+        return kind_of(self.kind).title if self.kind in TABLE_KINDS else self.kind
+
+    @property
+    def kind_spec(self) -> TableKind:
+        return kind_of(self.kind)
 
 
 # --- one row of a table ---------------------------------------------------------------------------------------
@@ -107,8 +120,12 @@ PARAMS_M = "params (M, one backbone)"
 GMACS = "GMACs (backbone, per image)"
 
 
-@table_kind("backbones", "Feature extractors", extra=("backbone", "image px", PARAMS_M, GMACS, "dims"),
-            paper_extra=("params_M", "flops_G", "dims"))
+@table_kind("Feature extractors", extra=("backbone", "image px", PARAMS_M, GMACS, "dims"),
+            paper_extra=("params_M", "flops_G", "dims"), paper=paper.BACKBONES, needs_model_stats=True, comparisons=(
+                Comparison("effnet_scratch", "effnet_pretrained",
+                           "Pretraining, EfficientNet-Lite0 with ImageNet weights minus the same network from scratch"),
+                Comparison("resnet10t_scratch", "effnet_pretrained",
+                           "EfficientNet-Lite0 with ImageNet weights minus ResNet-10t from scratch")))
 def backbone_rows(variants: pd.DataFrame) -> list[dict]:
     """One row per backbone, with its measured size and cost."""
     return [_metric_row(r["label"], r, paper_row=r.get("paper_row") or "", **{
@@ -117,13 +134,15 @@ def backbone_rows(variants: pd.DataFrame) -> list[dict]:
         for _, r in variants.iterrows()]
 
 
-@table_kind("drone_rate", "Drone augmentation", extra=("P",), match_by_rate=True)
+@table_kind("Drone augmentation", extra=("P",), match_by_rate=True, paper=paper.DRONE_RATE, comparisons=(
+    Comparison("p0", "p0.3", "Drone mixing, P = 0.3 minus P = 0",
+               "The paper reports +3.0 on University-1652, from one run per P."),))
 def drone_rate_rows(variants: pd.DataFrame) -> list[dict]:
     """One row per drone rate P (matched with the paper's rows by P itself)."""
     return [_metric_row(r["label"], r, P=r.get("param.drone_rate"), paper_row="") for _, r in variants.iterrows()]
 
 
-@table_kind("vlms", "Re-ranking")
+@table_kind("Re-ranking", paper=paper.VLMS, all_reranked=True)
 def vlm_rows(variants: pd.DataFrame) -> list[dict]:
     """The shared retrieval result first, then every fusion rule of every re-ranking variant."""
     rows = []
@@ -140,7 +159,8 @@ def vlm_rows(variants: pd.DataFrame) -> list[dict]:
     return rows
 
 
-@table_kind("ablation", "Ablation")
+@table_kind("Ablation", paper=paper.ABLATION, comparisons=(
+    Comparison("no_drone", "drone", "Drone data, + drone data minus the model alone"),))
 def ablation_rows(variants: pd.DataFrame) -> list[dict]:
     """The paper's steps; a re-ranked row (the reported rule) only where the variant names the paper row it
     stands beside."""
@@ -154,10 +174,10 @@ def ablation_rows(variants: pd.DataFrame) -> list[dict]:
     return rows
 
 
-@table_kind(OWN, "Results")
+@table_kind("Results")
 def own_rows(variants: pd.DataFrame) -> list[dict]:
     """A sweep of its own: every variant's retrieval, then every fusion rule of its re-ranking, the reported
-    rule marked (all three are computed by every run; only the reported one was chosen before the test)."""
+    rule marked (every rule is computed by every run; only the reported one was chosen before the test)."""
     rows = []
     for _, r in variants.iterrows():
         rows.append(_metric_row(r["label"], r, paper_row=r.get("paper_row") or ""))
@@ -193,11 +213,11 @@ def _beside_by_rate(ours: pd.DataFrame, theirs: pd.DataFrame, key: str) -> pd.Da
     return _append(merged.drop(columns=["_P"]), rest).sort_values("P", kind="stable", ignore_index=True)
 
 
-def _beside_paper(rows: list[dict], name: str, kind: TableKind) -> tuple[pd.DataFrame, list[str]]:
+def _beside_paper(rows: list[dict], kind: TableKind) -> tuple[pd.DataFrame, list[str]]:
     ours = pd.DataFrame(rows)
-    if name not in paper.TABLES:
+    if kind.paper is None:
         return ours, []
-    published = paper.TABLES[name]
+    published = kind.paper
     key = published.columns[0]
     cols = {m: f"paper {m}" for m in (*kind.paper_extra, *RECALLS)}
     theirs = published.rename(columns=cols)[[key, *cols.values()]]
@@ -304,23 +324,23 @@ def build_table(results: pd.DataFrame, name: Optional[str] = None, source: str =
     for col in TEXT_COLUMNS:  # empty cells of results.csv read back as NaN
         if col in results:
             results[col] = results[col].astype(object).fillna("").astype(str)
-    kind_name = results["table"].iloc[0] if "table" in results else OWN
-    kind = KINDS.get(kind_name, KINDS[OWN])
+    kind_name = results["table"].iloc[0] if "table" in results else OWN_TABLE
+    kind = kind_of(kind_name)
     trained = results[results["model_from"] == ""] if "model_from" in results else results
     swept = [c.removeprefix("param.") for c in results.columns
              if c.startswith("param.") and c != "param.seed"
              and trained[c].map(lambda v: "" if pd.isna(v) else str(v)).nunique() > 1]  # unset (None) counts
     variants = aggregate_seeds(results)
     rows = kind.shape(variants) if len(variants) else []
-    table_rows, paper_extra = _beside_paper(rows, kind_name, kind) if rows else (pd.DataFrame(rows), [])
+    table_rows, paper_extra = _beside_paper(rows, kind) if rows else (pd.DataFrame(rows), [])
     name = name or str(results["sweep"].iloc[0])
     return Table(name, kind_name, table_rows, _provenance(results, variants, swept, source, recorded),
-                 list(kind.extra) if len(variants) else [], paper_extra, findings(name, kind_name, results),
+                 list(kind.extra) if len(variants) else [], paper_extra, findings(name, kind.comparisons, results),
                  recipe(results), source, recorded, results)
 
 
 def _in_paper_order(tables: list[Table]) -> list[Table]:
-    order = list(paper.TABLES)
+    order = list(TABLE_KINDS)  # the registry's order: the paper's tables first
     return sorted(tables, key=lambda t: (order.index(t.kind) if t.kind in order else len(order), t.name))
 
 
@@ -354,7 +374,7 @@ def table_of_run(run_name: str) -> Optional[Table]:
     row = read_run_folder(run_dir(run_name), fresh_only=False)
     if row.get("R@1") is None:
         return None
-    row |= {"sweep": run_name, "table": OWN, "variant": run_name, "run": run_name, "source_run": run_name,
+    row |= {"sweep": run_name, "table": OWN_TABLE, "variant": run_name, "run": run_name, "source_run": run_name,
             "seed": row.get("param.seed", 0), "label": run_name, "status": "ok"}
     return build_table(pd.DataFrame([row]), run_name, source=f"outputs/{run_name}")
 
@@ -363,11 +383,17 @@ def of_kind(tables: list[Table], kind: str) -> list[Table]:
     return [t for t in tables if t.kind == kind]
 
 
+def kinds_beyond_paper() -> list[str]:
+    """The registered table kinds the paper has no table of: a sweep of its own (''), and any kind added since
+    (notebook 05's last section shows them; the paper's tables have a section each)."""
+    return [name for name in TABLE_KINDS if kind_of(name).paper is None]
+
+
 def recipe_note(tables: list[Table], this_run: Optional[Table] = None) -> str:
     """One line under a figure of several sources: each one's recipe, and whether they differ (then only the
     changes within a source compare, not the levels across them)."""
     def reranked(t):  # a figure of re-ranking draws only the sources with re-ranked rows
-        return t.kind == "vlms" or ("stage" in t.rows and (t.rows["stage"].fillna("retrieval") != "retrieval").any())
+        return t.kind_spec.all_reranked or ("stage" in t.rows and (t.rows["stage"].fillna("retrieval") != "retrieval").any())
 
     shown = [t for t in [*tables, this_run] if t is not None and t.recipe and reranked(t)]
     if not shown:

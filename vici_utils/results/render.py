@@ -13,7 +13,7 @@ from ..metrics import METRICS, RECALLS
 from ..params import ParamsError
 from ..paths import REPO_ROOT
 from ..run_folder import write_atomic
-from .paper_tables import GMACS, PARAMS_M, Table
+from .paper_tables import GMACS, PARAMS_M, Table, kind_of
 from .rows import RECORDED, find_results, overview, read_rows
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -44,7 +44,7 @@ def display_frame(table: Table) -> pd.DataFrame:
         out[m] = [_num(v) + (f" ± {s:.2f}" if _num(v) and _num(s) else "") for v, s in zip(df[m], df[f"{m}_std"])]
     out["epochs"] = [_num(e, 0) for e in df["epochs"]] if "epochs" in df else ""   # the recipe of every row
     out["seeds"] = [_num(n, 0) for n in df["n"]]
-    if table.kind in paper.TABLES:
+    if table.kind_spec.paper is not None:
         out["paper's row"] = df["paper_row"].fillna("")
         for c in [*table.paper_extra, *(f"paper {m}" for m in RECALLS)]:
             out[PAPER_HEADERS.get(c, c.replace("paper ", "paper's "))] = [_num(v, DIGITS.get(c, 2)) for v in df[c]]
@@ -132,8 +132,8 @@ def write_readme(text: str, readme: Path = REPO_ROOT / "README.md") -> Path:
 
 
 def paper_frame(kind: str) -> pd.DataFrame:
-    """The paper's table as published, every column marked as the paper's."""
-    return paper.TABLES[kind].rename(columns=lambda c: f"paper's {c}")
+    """The paper's table of a table kind as published, every column marked as the paper's."""
+    return kind_of(kind).paper.rename(columns=lambda c: f"paper's {c}")
 
 
 def heading(table: Table) -> str:

@@ -22,7 +22,7 @@ from ..model_stats import stats
 from ..params import Params
 from ..paths import REPO_ROOT, outputs_root
 from ..provenance import describe_data, describe_model
-from ..rerank.fusion import FUSIONS
+from ..registry import FUSIONS
 
 RECORDED = REPO_ROOT / "docs" / "results"  # the committed record: <sweep>.csv, one per sweep
 DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model",

@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import ImageListDataset
-from .device import autocast, resolve_precision
-from .embed import state_dict_hash
-from .models import load_model_for_eval
-from .progress import progress as progress_bar
-from .run_folder import write_atomic
-from .rerank.rerankers import Reranked, outcomes_from_orders
-from .transforms import model_transforms
-from .u1652 import open_dataset
+from ..datasets import ImageListDataset
+from ..device import autocast, resolve_precision
+from ..embed import state_dict_hash
+from ..models import load_model_for_eval
+from ..progress import progress as progress_bar
+from ..run_folder import write_atomic
+from ..transforms import model_transforms
+from ..u1652 import open_dataset
+from .rerankers import Reranked, outcomes_from_orders
 
 ROTATIONS = 4  # tiles have no heading relative to the street photo: every tile is seen in its 4 rotations
 LEVELS = 1     # stages of the tower whose feature maps become tokens, counted from the last (2 costs ~6x more)
@@ -212,7 +212,7 @@ def train_verifier(street: Tokens, street_truth: torch.Tensor, tile: Tokens, k: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     log, best_state, best = [], None, {"epoch": 0, "verifier R@1": -1.0}
-    bar = progress_bar(total=epochs, desc="verifier", unit="epoch", disable=not progress)
+    bar = progress_bar(total=epochs, desc="verifier training", unit="epoch", disable=not progress)
     for epoch in range(1, epochs + 1):
         verifier.train()
         perm = torch.randperm(len(cands), generator=g)
@@ -245,9 +245,9 @@ def train_verifier(street: Tokens, street_truth: torch.Tensor, tile: Tokens, k: 
     return VerifierTraining(verifier, log, best["epoch"], best)
 
 
-def ranking_from_scores(scores: np.ndarray) -> list[list[int]]:
-    """1-based candidate numbers, best first, per query (the shape of a VLM's answer); ties keep retrieval order."""
-    return [[int(i) + 1 for i in np.argsort(-row, kind="stable")] for row in np.asarray(scores)]
+def orders_from_scores(scores: np.ndarray) -> list[list[int]]:
+    """Per query, the retrieval positions of its candidates by score, best first; ties keep the retrieval order."""
+    return [[int(i) for i in np.argsort(-row, kind="stable")] for row in np.asarray(scores)]
 
 
 # --- the re-ranker -------------------------------------------------------------------------------------------
@@ -274,9 +274,11 @@ def attention_onto_tile(verifier: Verifier, street: Tokens, tile: Tokens, q: int
 
 
 class VerifierReranker:
-    """rerank_backend: verifier. Trains (once per run and setting; the checkpoint lives in the run's rerank
-    folder) and applies the learned cross-view verifier to each query's top K."""
-    name = "verifier"
+    """Trains (once per run and setting; the checkpoint lives in the run's rerank folder) and applies the learned
+    cross-view verifier to each query's top K."""
+    label = "a learned verifier of (street photo, tile) pairs on the stage-1 towers' feature tokens (offline)"
+    how_to_read = ("the learned verifier's reason gives its match score for the candidate it put first against its "
+                   "score for retrieval's first candidate (higher meaning a better match).")
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -333,9 +335,21 @@ class VerifierReranker:
         cands = torch.as_tensor(np.asarray(job.ranking)[:, :job.k])
         with torch.no_grad():
             scores = pair_scores(verifier, street, tile, cands).numpy()
-        orders = [[int(i) for i in np.argsort(-row, kind="stable")] for row in scores]
+        orders = orders_from_scores(scores)
         notes = [reason(row, order) for row, order in zip(scores, orders)]
-        return Reranked(outcomes_from_orders(job, orders, notes, "verifier"), self.describe(cfg))
+        return Reranked(outcomes_from_orders(job, orders, notes, cfg.rerank_backend), self.describe(cfg))
+
+    def attention_maps(self, result, q: int) -> list[np.ndarray]:
+        """For query q of a re-ranking result this re-ranker made: its attention grid onto each of the K candidates
+        (retrieval order), from the run's stored verifier (rerank/verifier.pt). Notebook 04 draws it for any
+        re-ranker that has this method."""
+        cfg = self.cfg
+        model, _ = load_model_for_eval(cfg)
+        verifier, _ = self.fit(model, open_dataset(cfg, progress=False), result.out_dir, progress=False)
+        f, k = result.features, result.metrics["top_k"]
+        street = view_tokens(cfg, model, "street", [f["query_paths"][q]])
+        tile = view_tokens(cfg, model, "satellite", [f["gallery_paths"][int(g)] for g in result.ranking[q, :k]])
+        return [attention_onto_tile(verifier, street, tile, 0, j) for j in range(k)]
 
 
 def reason(scores: np.ndarray, order: list[int]) -> str:
@@ -348,13 +362,3 @@ def reason(scores: np.ndarray, order: list[int]) -> str:
     return (f"moves retrieval #{first + 1} to the top: verifier score {scores[first]:.2f} against "
             f"{scores[0]:.2f} for retrieval's #1")
 
-
-def attention_maps(cfg, result, q: int) -> list[np.ndarray]:
-    """For query q of a re-ranking result made by the verifier: its attention grid onto each of the K candidates
-    (retrieval order), from the run's stored verifier (rerank/verifier.pt)."""
-    model, _ = load_model_for_eval(cfg)
-    verifier, _ = VerifierReranker(cfg).fit(model, open_dataset(cfg, progress=False), result.out_dir, progress=False)
-    f, k = result.features, result.metrics["top_k"]
-    street = view_tokens(cfg, model, "street", [f["query_paths"][q]])
-    tile = view_tokens(cfg, model, "satellite", [f["gallery_paths"][int(g)] for g in result.ranking[q, :k]])
-    return [attention_onto_tile(verifier, street, tile, 0, j) for j in range(k)]

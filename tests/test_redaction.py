@@ -1,4 +1,4 @@
-"""Secrets (rerank/redaction.py): redacted where answers arrive, URLs shown without credentials, and no planted
+"""Secrets (redaction.py): redacted where answers arrive, URLs shown without credentials, and no planted
 secret reaches a file, a figure or a message."""
 import base64
 import json
@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import VLM_KEY
 from tests.rerank_runs import config, rerank
 from vici_utils.rerank import RerankError
-from vici_utils.rerank.redaction import redact, redact_url
+from vici_utils.redaction import redact, redact_url
 
 KEY = VLM_KEY
 
