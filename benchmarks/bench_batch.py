@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rerank import write_features  # noqa: E402
 from tests.fake_batch_server import FakeBatchServer  # noqa: E402
 from vici_utils.params import validate  # noqa: E402
-from vici_utils.rerank import run_rerank  # noqa: E402
+from vici_utils.rerank import rerank  # noqa: E402
 
 U1652_QUERIES, INLINE_LIMIT_MB, FILE_LIMIT_GB = 2579, 20, 2
 
@@ -53,10 +53,10 @@ def main() -> None:
                                        ("batch file", "batch", 0.0)):
             run = label.replace(" ", "_")  # a run folder each: each way asks everything afresh
             shutil.copytree(Path(tmp, "bench", "retrieval"), Path(tmp, run, "retrieval"))
-            cfg = validate({"run_name": run, "rerank_backend": "gemini", "vlm_base_url": server.url,
+            cfg = validate({"run_name": run, "reranker": "gemini", "vlm_base_url": server.url,
                             "vlm_rpm": 1_000_000, "vlm_concurrency": 4, "rerank_top_k": 10, "vlm_mode": mode,
                             "vlm_batch_inline_mb": inline_mb, "vlm_image_size": args.image_size or None})
-            m = run_rerank(cfg, show_progress=False).metrics
+            m = rerank(cfg, show_progress=False).metrics
             job = (m.get("batch_jobs") or [{}])[-1]
             rows[label] = m
             per_query = job.get("request_bytes_per_query")
@@ -69,7 +69,7 @@ def main() -> None:
                 whole = per_query * U1652_QUERIES
                 print(f"{'':14s}University-1652 ({U1652_QUERIES:,} queries, one order each): {whole / 1e6:,.1f} MB "
                       f"(inline limit {INLINE_LIMIT_MB} MB, file limit {FILE_LIMIT_GB} GB)")
-        same = {k: v for k, v in rows["batch file"].items() if k.startswith("R@") or k in ("vlm", "weighted")}
+        same = {k: v for k, v in rows["batch file"].items() if k.startswith("R@") or k in ("reranker", "weighted")}
         assert same == {k: v for k, v in rows["interactive"].items() if k in same}, "batch and interactive differ"
         ratio = rows["batch file"]["cost_usd"] / rows["interactive"]["cost_usd"]
         print(f"batch / interactive cost: {ratio:.2f}; metrics of the three runs equal")

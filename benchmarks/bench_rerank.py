@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fake_vlm_servers import FakeVLMServer  # noqa: E402
 from vici_utils.params import validate  # noqa: E402
-from vici_utils.rerank import run_rerank  # noqa: E402
+from vici_utils.rerank import rerank  # noqa: E402
 from vici_utils.rerank.kreciprocal import kreciprocal_distances  # noqa: E402
 
 
@@ -88,11 +88,11 @@ def main() -> None:
     print(f"one-off: importing google-genai took {time.perf_counter() - t:.2f} s (not counted below)")
     try:
         for backend, base, model in (("gemini", url, "gemini-2.5-flash"), ("openai", url + "/v1", "local-vlm")):
-            cfg = validate({"run_name": "bench", "rerank_backend": backend, "vlm_base_url": base, "vlm_model": model,
+            cfg = validate({"run_name": "bench", "reranker": backend, "vlm_base_url": base, "vlm_model": model,
                             "vlm_concurrency": args.concurrency, "vlm_rpm": 1_000_000, "rerank_top_k": 10,
                             "vlm_image_size": args.image_size or None})
             t, cpu = time.perf_counter(), time.process_time()
-            result = run_rerank(cfg, show_progress=False)
+            result = rerank(cfg, show_progress=False)
             elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
             counts = result.metrics["counts"]
             assert counts["sent"] == args.queries and counts["ok"] == args.queries, counts
@@ -101,7 +101,7 @@ def main() -> None:
                   f"goal <= 10 s: {'met' if elapsed <= 10 else 'MISSED'}; client CPU {cpu:.1f} s, "
                   f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
             t = time.perf_counter()
-            again = run_rerank(cfg, show_progress=False)
+            again = rerank(cfg, show_progress=False)
             assert again.metrics["counts"]["sent"] == 0
             print(f"{backend:7s} rerun from the answer store: {time.perf_counter() - t:.2f} s, 0 requests")
     finally:

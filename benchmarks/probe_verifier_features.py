@@ -1,6 +1,6 @@
 """Why the learned verifier does not help: a measurement script (prints figures; never a test).
 
-The verifier (rerank_backend: verifier) trains on the training buildings, where the fine-tuned stage-1 towers
+The verifier (reranker: verifier) trains on the training buildings, where the fine-tuned stage-1 towers
 have memorised street photo and tile alike, so its training shortlists and tokens are cleaner than on unseen
 buildings. This probe trains it four ways on one finished stage-1 run and scores the test queries:
 

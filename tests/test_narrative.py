@@ -64,7 +64,7 @@ def _rerank_results(changes: dict[str, list[float]], before=(10.0, 12.0, 8.0)):
     for label, deltas in changes.items():
         for seed, (b, d) in enumerate(zip(before, deltas)):
             rows.append({"variant": label, "label": label, "seed": seed, "status": "ok", "rerank.retrieval.R@1": b,
-                         "rerank.weighted.R@1": b + d, "rerank.vlm.R@1": b - 2, "rerank.rrf.R@1": b + d / 2})
+                         "rerank.weighted.R@1": b + d, "rerank.reranker.R@1": b - 2, "rerank.rrf.R@1": b + d / 2})
     rows.append({"variant": "trained", "label": "retrieval", "seed": 0, "status": "ok", "R@1": 10.0})
     return pd.DataFrame(rows)
 

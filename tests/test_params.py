@@ -11,7 +11,7 @@ def test_shipped_params_files_validate(monkeypatch, tmp_path):
     monkeypatch.setenv("U1652_ROOT", str(tmp_path))
     paper = load(PARAMS_DIR / "paper.yaml")
     assert paper.data_root == str(tmp_path) and paper.backbone == "vit_large_patch14_dinov2.lvd142m"
-    assert paper.image_size == 518 and paper.drone_rate == 0.3 and paper.rerank_backend == "gemini"
+    assert paper.image_size == 518 and paper.drone_rate == 0.3 and paper.reranker == "gemini"
 
 
 def test_paper_params_without_data_root_say_how_to_set_it(monkeypatch):

@@ -14,7 +14,7 @@ from vici_utils import registry, results, sweep
 from vici_utils.params import ParamsError, validate
 from vici_utils.params_doc import parameters_markdown
 from vici_utils.paths import REPO_ROOT
-from vici_utils.rerank import fusion, report, run_rerank
+from vici_utils.rerank import fusion, report, rerank
 
 REGISTRIES = {"RERANKERS": registry.RERANKERS, "BATCH_RERANKERS": registry.BATCH_RERANKERS,
               "FUSIONS": registry.FUSIONS, "LOSSES": registry.LOSSES, "TABLE_KINDS": registry.TABLE_KINDS}
@@ -22,7 +22,7 @@ REGISTRIES = {"RERANKERS": registry.RERANKERS, "BATCH_RERANKERS": registry.BATCH
 COMMON = {
     "": "the empty string",
     "none": "also YAML's and matplotlib's word for nothing",
-    "vlm": "also the paper's column of VLM names, and the name of answer_vlm.txt's order",
+    "reranker": "also the parameter of that name (and the re-ranker's column of a table)",
     "drone_rate": "also the parameter of that name and the column of its values",
 }
 # In the notebooks, table kinds may be named: notebook 05 has one narrated section per table of the paper, and
@@ -66,7 +66,7 @@ def test_no_registry_name_is_typed_outside_its_registry():
 
 
 def test_the_policing_sees_a_typed_name():
-    assert [v for _, v in _literals('if cfg.rerank_backend == "kreciprocal":\n    pass\n') if v in _policed()] \
+    assert [v for _, v in _literals('if cfg.reranker == "kreciprocal":\n    pass\n') if v in _policed()] \
         == ["kreciprocal"]
     assert not [v for _, v in _literals('"""k-reciprocal: see kreciprocal"""') if v in _policed()]
 
@@ -91,8 +91,8 @@ from vici_utils.results.paper_tables import table_kind
 
 
 @labelled("fused: the better of the two ranks")
-def best_of_both(vlm_rank, retrieval_rank):
-    return np.minimum(vlm_rank, retrieval_rank) + retrieval_rank / 100
+def best_of_both(reranker_rank, retrieval_rank):
+    return np.minimum(reranker_rank, retrieval_rank) + retrieval_rank / 100
 
 
 class SwapTopTwo:
@@ -134,8 +134,8 @@ def extended(tmp_path, monkeypatch):
 
 
 def test_new_entries_are_parameters_and_listed_on_the_parameters_page(extended):
-    cfg = validate({"fusion": "best_of_both", "rerank_backend": "swap"})
-    assert (cfg.fusion, cfg.rerank_backend) == ("best_of_both", "swap")
+    cfg = validate({"fusion": "best_of_both", "reranker": "swap"})
+    assert (cfg.fusion, cfg.reranker) == ("best_of_both", "swap")
     with pytest.raises(ParamsError, match=r"fusion = 'nonesuch'.*'rrf', 'best_of_both' or 'validation'"):
         validate({"fusion": "nonesuch"})
     page = parameters_markdown()
@@ -143,16 +143,16 @@ def test_new_entries_are_parameters_and_listed_on_the_parameters_page(extended):
                 "| `swap` | the first two candidates swapped (a test re-ranker) | `my_extension:SwapTopTwo` |",
                 "| `seeds` | Seeds against seeds | `my_extension:seed_rows` |"):
         assert row in page
-    assert "| weighted \\| vlm \\| rrf \\| best_of_both \\| validation |" in page  # the fusion key's allowed values
+    assert "| weighted \\| reranker \\| rrf \\| best_of_both \\| validation |" in page  # the fusion key's allowed values
 
 
 def test_a_new_rule_and_reranker_run_and_reach_notebook_04(extended, outputs):
-    vlm_rank = np.array([[3, 1, 2]])
-    assert fusion.fuse(vlm_rank, "best_of_both").tolist() == [[0, 1, 2]]  # scores 1.01, 1.02, 2.03
+    reranker_rank = np.array([[3, 1, 2]])
+    assert fusion.fuse(reranker_rank, "best_of_both").tolist() == [[0, 1, 2]]  # scores 1.01, 1.02, 2.03
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
-    cfg = validate({"run_name": "t", "rerank_backend": "swap", "fusion": "best_of_both", "rerank_top_k": 4})
-    result = run_rerank(cfg, show_progress=False)
-    assert (result.fused["vlm"][:, :2] == result.ranking[:, 1::-1]).all()
+    cfg = validate({"run_name": "t", "reranker": "swap", "fusion": "best_of_both", "rerank_top_k": 4})
+    result = rerank(cfg, show_progress=False)
+    assert (result.fused["reranker"][:, :2] == result.ranking[:, 1::-1]).all()
     assert result.metrics["headline"] == "best_of_both" and "best_of_both" in result.metrics
     # what notebook 04 shows: the rows of "Before and after", the chosen rule, the re-ranker's line
     table = report.before_after(result, cfg)

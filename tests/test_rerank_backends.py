@@ -11,7 +11,7 @@ from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
 from tests.rerank_runs import rerank, rerank_dir
 from vici_utils.params import load, validate
 from vici_utils.paths import REPO_ROOT
-from vici_utils.rerank import RerankError, RetryPolicy, load_features, run_rerank
+from vici_utils.rerank import RerankError, RetryPolicy, load_features, rerank
 
 KEY = VLM_KEY
 BACKENDS = ["gemini", "openai"]
@@ -21,7 +21,7 @@ BACKENDS = ["gemini", "openai"]
 def config(backend, server, **kw):
     base = server.url if backend == "gemini" else server.url + "/v1"
     raw = {"run_name": "t", "fusion": "weighted",
-           "rerank_backend": backend, "vlm_base_url": base, "rerank_top_k": 5, "vlm_rpm": 100000,
+           "reranker": backend, "vlm_base_url": base, "rerank_top_k": 5, "vlm_rpm": 100000,
            "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2}
     if backend == "openai":
         raw["vlm_model"] = "qwen2.5-vl"
@@ -36,7 +36,7 @@ def reasons(outputs):
 def results(outputs):
     """The bytes of the result files (the answer store excepted), by name."""
     return {p.name: p.read_bytes() for p in (outputs / "t" / "rerank").iterdir()
-            if p.name in ("answer_fused.txt", "answer_vlm.txt", "reasons.jsonl", "metrics.json")}
+            if p.name in ("answer_fused.txt", "answer_reranker.txt", "reasons.jsonl", "metrics.json")}
 
 
 def assert_no_secret(folder):
@@ -50,8 +50,8 @@ def assert_no_secret(folder):
 def test_oracle_server_lifts_r1_to_the_top_k_ceiling(tiny, server, backend):
     result = rerank(config(backend, server))
     m = result.metrics
-    assert m["vlm"]["R@1"] == pytest.approx(m["r_at_k_ceiling"]) and m["retrieval"]["R@1"] < m["r_at_k_ceiling"]
-    assert m["vlm"]["R@10"] == m["retrieval"]["R@10"] == m["weighted"]["R@10"] == m["rrf"]["R@10"]
+    assert m["reranker"]["R@1"] == pytest.approx(m["r_at_k_ceiling"]) and m["retrieval"]["R@1"] < m["r_at_k_ceiling"]
+    assert m["reranker"]["R@10"] == m["retrieval"]["R@10"] == m["weighted"]["R@10"] == m["rrf"]["R@10"]
     assert m["counts"] == {"ok": 4, "fallback": 0, "requests": 4, "sent": 4, "cached": 0, "invalid_answers": 0,
                            "gave_up": 0, "retries": 0}
     assert len(server.seen) == 4 and all(len(s.images) == 6 for s in server.seen)
@@ -76,7 +76,7 @@ def test_oracle_server_lifts_r1_to_the_top_k_ceiling(tiny, server, backend):
     r = reasons(tiny)
     assert all(x["status"] == "ok" and x["answers"][0]["presented"] == x["candidates"] for x in r)
     hits = [x for x in r if x["true_match_rank"]["retrieval"] <= 5]
-    assert all(x["true_match_rank"]["vlm"] == 1 for x in hits)
+    assert all(x["true_match_rank"]["reranker"] == 1 for x in hits)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -116,7 +116,7 @@ def test_a_query_that_keeps_failing_keeps_its_retrieval_order(tiny, server, back
     first = reasons(tiny)[0]
     assert first["status"] == "fallback" and "bad_ranking" in first["fallback_reason"]
     assert first["order"] == first["candidates"]
-    assert (result.fused["vlm"][0] == result.ranking[0]).all()
+    assert (result.fused["reranker"][0] == result.ranking[0]).all()
     sent = len(server.seen)
     m = rerank(config(backend, server)).metrics  # stored bad answers are a record, not spent retries: asked again
     assert len(server.seen) == sent + 1 and m["counts"]["ok"] == 4 and m["counts"]["cached"] == 3
@@ -157,7 +157,7 @@ def test_unreachable_server_stops_instead_of_silently_keeping_retrieval(outputs,
     with FakeVLMServer() as s:
         url = s.url  # closed once the block ends: connection refused
     cfg = validate({"run_name": "t", "fusion": "weighted",
-                    "rerank_backend": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
+                    "reranker": "gemini", "vlm_base_url": url, "vlm_rpm": 100000,
                     "vlm_max_retries": 0, "rerank_top_k": 5})
     with pytest.raises(RerankError, match="server looks down"):
         rerank(cfg)
@@ -179,7 +179,7 @@ def test_permutations_present_shuffled_orders_and_cancel_position_bias(tiny, ser
     server.ranker = lambda images: list(range(1, len(images)))  # always prefers the first-presented image
     m = rerank(config("gemini", server)).metrics
     assert m["position_bias"]["first_presented_picked"] == 1.0
-    assert m["vlm"]["R@1"] == m["retrieval"]["R@1"]  # a pure position bias just echoes the retrieval order
+    assert m["reranker"]["R@1"] == m["retrieval"]["R@1"]  # a pure position bias just echoes the retrieval order
     server.seen.clear()
     m = rerank(config("gemini", server, vlm_permutations=3)).metrics
     assert m["counts"]["requests"] == 12 and m["permutations"] == 3
@@ -229,7 +229,7 @@ def test_a_server_answering_garbage_is_down_not_a_source_of_fallbacks(tiny, serv
 
 
 # --- issue 10: params/paper.yaml asks the VLM as VICI's stage_2.py did, checked on the wire -----------------
-VLM_KEYS = ("rerank_backend", "vlm_model", "vlm_image_size", "vlm_media_resolution", "vlm_temperature",
+VLM_KEYS = ("reranker", "vlm_model", "vlm_image_size", "vlm_media_resolution", "vlm_temperature",
             "vlm_thinking_budget")
 
 
@@ -241,7 +241,7 @@ def paper_vlm(monkeypatch, tmp_path) -> dict:
 def test_paper_yaml_is_vicis_request(monkeypatch, tmp_path):
     """Issue 10: params/paper.yaml names VICI's VLM request."""
     vlm = paper_vlm(monkeypatch, tmp_path)
-    assert vlm == {"rerank_backend": "gemini", "vlm_model": "gemini-2.5-flash", "vlm_image_size": None,
+    assert vlm == {"reranker": "gemini", "vlm_model": "gemini-2.5-flash", "vlm_image_size": None,
                    "vlm_media_resolution": "unspecified", "vlm_temperature": 0.0, "vlm_thinking_budget": 1024}
     assert "gemini-2.5-flash-preview-05-20" in (REPO_ROOT / "params" / "paper.yaml").read_text()  # said retired
 
@@ -257,10 +257,10 @@ def test_the_paper_request_on_the_wire(outputs, monkeypatch, tmp_path, backend):
     with FakeVLMServer() as server:
         raw = {**vlm, "run_name": "t", "fusion": "weighted", "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1}
         if backend == "openai":
-            raw.update(rerank_backend="openai", vlm_model="qwen2.5-vl", vlm_base_url=server.url + "/v1")
+            raw.update(reranker="openai", vlm_model="qwen2.5-vl", vlm_base_url=server.url + "/v1")
         else:
             raw["vlm_base_url"] = server.url
-        result = run_rerank(validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
+        result = rerank(validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
     assert result.metrics["counts"]["ok"] == 4
     paths = {**dict(zip(feats["query_names"], feats["query_paths"])),
              **dict(zip(feats["gallery_names"], feats["gallery_paths"]))}
@@ -302,8 +302,8 @@ def test_the_embedded_default_sends_small_jpegs(outputs, monkeypatch):
         Image.open(path).resize((120, 80)).save(path)
     with FakeVLMServer() as server:
         cfg = validate({"run_name": "t", "fusion": "weighted",
-                        "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
+                        "reranker": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
                         "vlm_image_size": 32, "vlm_rpm": 100000})  # the default, 384, on 32-px-scale data
-        run_rerank(cfg, show_progress=False)
+        rerank(cfg, show_progress=False)
     assert [Image.open(io.BytesIO(s.images[0])).size for s in server.seen] == [(32, 21)] * 2
     assert server.seen[0].generation["mediaResolution"] == "MEDIA_RESOLUTION_LOW"

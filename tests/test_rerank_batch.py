@@ -10,7 +10,7 @@ from tests.fake_batch_server import FakeBatchServer
 from tests.fake_vlm_servers import write_tiny_run
 from vici_utils import runner
 from vici_utils.params import validate
-from vici_utils.rerank import RerankError, RetryPolicy, batch, run_rerank
+from vici_utils.rerank import RerankError, RetryPolicy, batch, rerank
 from vici_utils.rerank.batch import BatchAsker, BatchPending
 
 PLANTED = "planted-secret-TOKEN-93be1d"
@@ -25,7 +25,7 @@ def server():
 
 
 def config(server, run="t", **kw):
-    raw = {"run_name": run, "fusion": "weighted", "rerank_backend": "gemini", "vlm_base_url": server.url,
+    raw = {"run_name": run, "fusion": "weighted", "reranker": "gemini", "vlm_base_url": server.url,
            "rerank_top_k": 5, "vlm_rpm": 100000, "vlm_concurrency": 1, "vlm_timeout_s": 5.0, "vlm_max_retries": 2,
            "vlm_mode": "batch", "vlm_batch_poll_s": 0.01}
     raw.update(kw)
@@ -33,7 +33,7 @@ def config(server, run="t", **kw):
 
 
 def rerank(cfg):
-    return run_rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
+    return rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
 
 
 def interactive(outputs, server, script=()):
@@ -50,7 +50,7 @@ def book(outputs, run="t"):
 def assert_same_results(outputs, run="t"):
     """Answer files byte-equal; metrics equal but for the price; reasons equal but for latencies."""
     b, i = outputs / run / "rerank", outputs / "i" / "rerank"
-    for name in ("answer_fused.txt", "answer_vlm.txt"):
+    for name in ("answer_fused.txt", "answer_reranker.txt"):
         assert (b / name).read_bytes() == (i / name).read_bytes(), name
     mb, mi = (json.loads((d / "metrics.json").read_text()) for d in (b, i))
     assert mb["mode"] == "batch" and mi["mode"] == "interactive" and mb["price_factor"] == 0.5
@@ -76,7 +76,7 @@ def test_a_batch_job_gives_the_interactive_results_at_half_price(tiny, server, i
     m = assert_same_results(tiny)
     assert m["counts"] == {"ok": 4, "fallback": 0, "requests": 4, "sent": 4, "cached": 0, "invalid_answers": 0,
                            "gave_up": 0, "retries": 0}
-    assert len(server.created) == 1 and result.metrics["vlm"]["R@1"] == inter.metrics["vlm"]["R@1"]
+    assert len(server.created) == 1 and result.metrics["reranker"]["R@1"] == inter.metrics["reranker"]["R@1"]
     [job] = book(tiny)
     assert job["status"] == "ended" and job["state"] == "JOB_STATE_SUCCEEDED" and job["request_count"] == 4
     keys = {json.loads(line)["key"] for line in (tiny / "t" / "rerank" / "cache.jsonl").read_text().splitlines()}
@@ -255,8 +255,8 @@ def test_the_key_and_planted_secrets_reach_no_file(tiny, server, monkeypatch, in
 
 @pytest.mark.parametrize("backend", ["openai", "kreciprocal"])
 def test_batch_mode_needs_the_gemini_backend(tiny, server, backend):
-    with pytest.raises(RerankError, match=f"vlm_mode: batch needs .*rerank_backend: gemini.*not '{backend}'"):
-        rerank(config(server, rerank_backend=backend, vlm_base_url=server.url + "/v1", vlm_model="qwen2.5-vl"))
+    with pytest.raises(RerankError, match=f"vlm_mode: batch needs .*reranker: gemini.*not '{backend}'"):
+        rerank(config(server, reranker=backend, vlm_base_url=server.url + "/v1", vlm_model="qwen2.5-vl"))
 
 
 def test_the_runner_knows_the_pending_exception():
@@ -268,7 +268,7 @@ def test_notebook_04_says_waiting_in_one_line_and_a_rerun_collects(tiny, server)
     command later collects it and notebook 04 shows the batch price beside the interactive one."""
     from vici_utils.params import load
 
-    cfg = load(None, {"run_name": "t", "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
+    cfg = load(None, {"run_name": "t", "reranker": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
                       "vlm_rpm": 100000, "vlm_mode": "batch", "vlm_max_fallback_share": 1.0, "fusion": "weighted"})
     server.states = ["BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"]
     lines = []

@@ -18,15 +18,15 @@ def test_mean_rank_aggregates_orders_with_retrieval_tiebreak():
 
 
 def test_fusion_rules_on_a_hand_example():
-    vlm_rank = np.array([[4, 3, 1, 2]])  # the model puts retrieval #3 first, retrieval #1 last
-    assert fusion.fuse(vlm_rank, "vlm").tolist() == [[2, 3, 1, 0]]
+    reranker_rank = np.array([[4, 3, 1, 2]])  # the model puts retrieval #3 first, retrieval #1 last
+    assert fusion.fuse(reranker_rank, "reranker").tolist() == [[2, 3, 1, 0]]
     # weighted: sums 5, 5, 4, 6 -> #3, then #1 and #2 tie at 5 (retrieval order), then #4
-    assert fusion.fuse(vlm_rank, "weighted").tolist() == [[2, 0, 1, 3]]
+    assert fusion.fuse(reranker_rank, "weighted").tolist() == [[2, 0, 1, 3]]
     # rrf: 1/64+1/61, 1/63+1/62, 1/61+1/63, 1/62+1/64 -> #1 (.032018), #3 (.032266)...
     scores = [1 / (60 + v) + 1 / (60 + r) for v, r in zip([4, 3, 1, 2], [1, 2, 3, 4])]
-    assert fusion.fuse(vlm_rank, "rrf").tolist() == [list(np.argsort(-np.array(scores), kind="stable"))]
-    with pytest.raises(ValueError, match="fusion .max. is not registered.*.weighted., .vlm., .rrf."):
-        fusion.fuse(vlm_rank, "max")
+    assert fusion.fuse(reranker_rank, "rrf").tolist() == [list(np.argsort(-np.array(scores), kind="stable"))]
+    with pytest.raises(ValueError, match="fusion .max. is not registered.*.weighted., .reranker., .rrf."):
+        fusion.fuse(reranker_rank, "max")
 
 
 def test_apply_reorders_only_the_top_k():

@@ -11,13 +11,13 @@ from tests.fake_vlm_servers import write_tiny_run
 from vici_utils.params import ParamsError, validate
 from vici_utils.paths import REPO_ROOT
 from vici_utils.registry import FUSIONS, RERANKERS, VALIDATION, labelled
-from vici_utils.rerank import fusion, load_features, report, rerankers, run_rerank
+from vici_utils.rerank import fusion, load_features, report, rerankers, rerank
 from vici_utils.rerank.rerankers import Reranked, outcomes_from_orders, reranker_class
 
 
 def test_params_take_their_choices_from_the_registries():
-    for key, names in (("rerank_backend", [*RERANKERS]), ("fusion", [*FUSIONS, VALIDATION])):
-        assert [getattr(validate({key: n, "fusion": "weighted"} if key == "rerank_backend" else {key: n}), key)
+    for key, names in (("reranker", [*RERANKERS]), ("fusion", [*FUSIONS, VALIDATION])):
+        assert [getattr(validate({key: n, "fusion": "weighted"} if key == "reranker" else {key: n}), key)
                 for n in names] == names
         with pytest.raises(ParamsError, match=f"{key} = 'nonesuch'.*" + ".*".join(repr(n) for n in names)):
             validate({key: "nonesuch"})
@@ -41,7 +41,7 @@ def test_every_registered_reranker_has_the_interface(name):
     assert isinstance(cls.label, str) and cls.label, f"{cls.__name__} says in no label what it is"
     for method in ("describe", "check", "rerank"):
         assert callable(getattr(cls, method, None)), f"{cls.__name__} lacks {method}"
-    assert cls.describe(validate({"rerank_backend": name}))
+    assert cls.describe(validate({"reranker": name}))
 
 
 class ReverseReranker:
@@ -66,18 +66,18 @@ class ReverseReranker:
 
 
 @labelled("fused: retrieval counted twice")
-def halfway(vlm_rank, retrieval_rank):
-    return vlm_rank + 2 * retrieval_rank
+def halfway(reranker_rank, retrieval_rank):
+    return reranker_rank + 2 * retrieval_rank
 
 
 def test_a_new_reranker_and_fusion_rule_are_one_entry_each(outputs, monkeypatch):
     monkeypatch.setitem(RERANKERS, "reverse", "tests.test_rerank_registry:ReverseReranker")
     monkeypatch.setitem(FUSIONS, "halfway", "tests.test_rerank_registry:halfway")
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
-    cfg = validate({"run_name": "t", "fusion": "weighted", "rerank_top_k": 4, "rerank_backend": "reverse"})
-    result = run_rerank(cfg, show_progress=False)
-    assert (result.fused["vlm"][:, :4] == result.ranking[:, 3::-1]).all()
-    assert result.metrics["backend"] == "reverse" and result.metrics["model"] == "reverse-v1"
+    cfg = validate({"run_name": "t", "fusion": "weighted", "rerank_top_k": 4, "reranker": "reverse"})
+    result = rerank(cfg, show_progress=False)
+    assert (result.fused["reranker"][:, :4] == result.ranking[:, 3::-1]).all()
+    assert result.metrics["reranked_by"] == "reverse" and result.metrics["model"] == "reverse-v1"
     assert "halfway" in json.loads((outputs / "t" / "rerank" / "metrics.json").read_text())
     table = report.before_after(result, cfg)
     assert "fused: retrieval counted twice" in table["ranking"].tolist()
@@ -97,9 +97,9 @@ def test_fusion_rules_are_registered_with_labels():
     rules = FUSIONS.load_all()
     labels = [fn.label for fn in rules.values()]
     assert all(labels) and len(set(labels)) == len(labels), labels
-    vlm_rank = np.array([[3, 1, 2], [1, 2, 3]])
+    reranker_rank = np.array([[3, 1, 2], [1, 2, 3]])
     for name in rules:
-        order = fusion.fuse(vlm_rank, name)
+        order = fusion.fuse(reranker_rank, name)
         assert sorted(order[0]) == [0, 1, 2] and list(order[1]) == [0, 1, 2], name  # agreement keeps the order
     with pytest.raises(ValueError, match=r"fusion 'nonesuch' is not registered.*'weighted'"):
-        fusion.fuse(vlm_rank, "nonesuch")
+        fusion.fuse(reranker_rank, "nonesuch")

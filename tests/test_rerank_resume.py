@@ -8,15 +8,15 @@ import time
 from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
 from vici_utils.params import validate
 from vici_utils.paths import REPO_ROOT
-from vici_utils.rerank import RetryPolicy, run_rerank
+from vici_utils.rerank import RetryPolicy, rerank
 
 KEY = "resume-key-SECRET-51d2"
 CHILD = """
 import json, sys
 from vici_utils.params import validate
-from vici_utils.rerank import RetryPolicy, run_rerank
+from vici_utils.rerank import RetryPolicy, rerank
 cfg = validate(json.loads(sys.argv[1]))
-run_rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002), show_progress=False)
+rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002), show_progress=False)
 """
 
 
@@ -36,7 +36,7 @@ def test_kill_and_resume_sends_no_stored_request_again(outputs, monkeypatch):
     cache = outputs / "t" / "rerank" / "cache.jsonl"
     with FakeVLMServer(delay_s=0.1) as server:
         raw = {"run_name": "t", "fusion": "weighted",
-               "rerank_backend": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
+               "reranker": "gemini", "vlm_base_url": server.url, "rerank_top_k": 5,
                "vlm_concurrency": 2, "vlm_rpm": 100000, "vlm_max_retries": 2}
         env = {**os.environ, "VICI_OUTPUTS": str(outputs), "GEMINI_API_KEY": KEY, "VICI_HEADLESS": "1"}
         child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(raw)], cwd=REPO_ROOT, env=env,
@@ -54,14 +54,14 @@ def test_kill_and_resume_sends_no_stored_request_again(outputs, monkeypatch):
             f.write('{"key": "torn-by-the-kill", "ok": tru')
 
         cfg = validate(raw)
-        result = run_rerank(cfg, retry=RetryPolicy(2, base_s=0.002), show_progress=False)
+        result = rerank(cfg, retry=RetryPolicy(2, base_s=0.002), show_progress=False)
         resumed = server.seen[asked_before:]
         assert len(resumed) == 24 - stored, "every stored answer was reused, every other request sent once"
         assert len({s.fingerprint for s in resumed}) == len(resumed)
         counts = result.metrics["counts"]
         assert counts["cached"] == stored and counts["sent"] == 24 - stored and counts["ok"] == 24
 
-        again = run_rerank(cfg, show_progress=False)  # a third run asks nothing at all
+        again = rerank(cfg, show_progress=False)  # a third run asks nothing at all
         assert len(server.seen) == asked_before + len(resumed) and again.metrics["counts"]["cached"] == 24
     for path in (outputs / "t").rglob("*"):
         if path.is_file():

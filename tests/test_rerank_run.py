@@ -1,4 +1,4 @@
-"""run_rerank offline (none, kreciprocal): the files it writes, what may and may not change, and notebook 04."""
+"""rerank offline (none, kreciprocal): the files it writes, what may and may not change, and notebook 04."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ from tests.fake_vlm_servers import write_tiny_run
 from tests.notebooks import execute
 from vici_utils import answers, metrics
 from vici_utils.params import ParamsError, validate
-from vici_utils.rerank import fusion, load_features, run_rerank
+from vici_utils.rerank import fusion, load_features, rerank
 from vici_utils.rerank.rerankers import RERANKERS, Reranked, RerankError, outcomes_from_orders
 
 
@@ -24,66 +24,66 @@ def retrieval_top10(npz):
 
 def test_none_passes_the_retrieval_order_through(outputs):
     npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
-    m = run_rerank(cfg(rerank_backend="none"), show_progress=False).metrics
-    for rule in ("weighted", "vlm", "rrf"):
+    m = rerank(cfg(reranker="none"), show_progress=False).metrics
+    for rule in ("weighted", "reranker", "rrf"):
         assert {k: m[rule][k] for k in metrics.METRICS} == {k: m["retrieval"][k] for k in metrics.METRICS}
     out = outputs / "t" / "rerank"
     assert answers.read_answer_txt(out / "answer_fused.txt") == retrieval_top10(npz)
-    assert answers.read_answer_txt(out / "answer_vlm.txt") == retrieval_top10(npz)
+    assert answers.read_answer_txt(out / "answer_reranker.txt") == retrieval_top10(npz)
 
 
 def test_kreciprocal_rewrites_the_order_within_the_top_10_only(outputs):
     npz = write_tiny_run(outputs, "t", buildings=12, queries_per_building=3, distractors=4)
-    result = run_rerank(cfg(), show_progress=False)  # the defaults: kreciprocal, top 10, weighted
+    result = rerank(cfg(), show_progress=False)  # the defaults: kreciprocal, top 10, weighted
     out = outputs / "t" / "rerank"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["backend"] == "kreciprocal" and m["headline"] == "weighted" and m["top_k"] == 10
+    assert m["reranked_by"] == "kreciprocal" and m["headline"] == "weighted" and m["top_k"] == 10
     assert m["counts"] == {"ok": 36, "fallback": 0, "requests": 0, "sent": 0, "cached": 0, "invalid_answers": 0,
                            "gave_up": 0, "retries": 0}, "an offline re-ranker sends no request"
     assert m["mode"] == "offline" and m["permutations"] == 1 and m["price_factor"] == 1.0 and m["cost_usd"] == 0
     assert m["tokens"] == {} and m["model_versions"] == {}
-    for rule in ("weighted", "vlm", "rrf"):
+    for rule in ("weighted", "reranker", "rrf"):
         assert m[rule]["R@10"] == m["retrieval"]["R@10"] and m[rule]["n_query"] == 36
     assert m["r_at_k_ceiling"] == pytest.approx(m["retrieval"]["R@10"])
     before = retrieval_top10(npz)
     fused = answers.read_answer_txt(out / "answer_fused.txt")
-    vlm = answers.read_answer_txt(out / "answer_vlm.txt")
-    assert [set(x) for x in fused] == [set(x) for x in before] == [set(x) for x in vlm]
+    alone = answers.read_answer_txt(out / "answer_reranker.txt")
+    assert [set(x) for x in fused] == [set(x) for x in before] == [set(x) for x in alone]
     assert fused != before, "k-reciprocal re-ranking should reorder some queries on this data"
     reasons = [json.loads(line) for line in (out / "reasons.jsonl").read_text().splitlines()]
     assert len(reasons) == 36 and all(r["status"] == "ok" and "k-reciprocal distance" in r["reason"] for r in reasons)
-    assert [r["order"] for r in reasons] == vlm
+    assert [r["order"] for r in reasons] == alone
     assert not (out / "cache.jsonl").exists()  # nothing to store offline
     assert result.per_query["rank_retrieval"].tolist() == [r["true_match_rank"]["retrieval"] for r in reasons]
 
 
 def test_a_prefix_of_queries_is_reranked_and_every_query_answered(outputs):
     npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
-    result = run_rerank(cfg(vlm_max_queries=5, rerank_top_k=4, fusion="vlm"), show_progress=False)
+    result = rerank(cfg(vlm_max_queries=5, rerank_top_k=4, fusion="reranker"), show_progress=False)
     out = outputs / "t" / "rerank"
     assert result.metrics["retrieval"]["n_query"] == 5 and result.metrics["queries_total"] == 20
     fused = answers.read_answer_txt(out / "answer_fused.txt")
     before = retrieval_top10(npz)
     assert len(fused) == 20 and fused[5:] == before[5:]
     assert all(f[4:] == b[4:] and set(f[:4]) == set(b[:4]) for f, b in zip(fused, before))
-    assert fused == answers.read_answer_txt(out / "answer_vlm.txt")  # fusion: vlm headlines the pure order
+    assert fused == answers.read_answer_txt(out / "answer_reranker.txt")  # fusion: reranker headlines the pure order
 
 
 def test_missing_or_incomplete_features_are_named(outputs):
     with pytest.raises(FileNotFoundError, match=r"features.npz.*03_retrieval"):
-        run_rerank(cfg(), show_progress=False)
+        rerank(cfg(), show_progress=False)
     npz = write_tiny_run(outputs, "t")
     f = dict(np.load(npz))
     del f["gallery_paths"]
     np.savez(npz, **f)
     with pytest.raises(ValueError, match=r"missing arrays \['gallery_paths'\]"):
-        run_rerank(cfg(), show_progress=False)
+        rerank(cfg(), show_progress=False)
 
 
 def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
     monkeypatch.setenv("VICI_HEADLESS", "1")
     write_tiny_run(outputs, "nb04", buildings=12, queries_per_building=3, distractors=3)
-    text, images = execute("04_rerank.ipynb", tmp_path / "04.ipynb", run_name="nb04", rerank_backend="kreciprocal",
+    text, images = execute("04_rerank.ipynb", tmp_path / "04.ipynb", run_name="nb04", reranker="kreciprocal",
                            fusion="weighted")
     assert images >= 4
     assert "different data" in text and "k-reciprocal" in text
@@ -135,15 +135,15 @@ def _with_validation(outputs, test_seed: int = 0):
     (outputs / "val_source" / "retrieval" / "features.npz").rename(outputs / "t" / "retrieval" / "val_features.npz")
 
 
-@pytest.mark.parametrize("reranker, expected", [("oracle", "vlm"), ("reverse_oracle", None)])
+@pytest.mark.parametrize("reranker, expected", [("oracle", "reranker"), ("reverse_oracle", None)])
 def test_fusion_validation_reports_the_rule_best_on_the_held_out_buildings(outputs, monkeypatch, reranker, expected):
     monkeypatch.setitem(RERANKERS, "oracle", "tests.test_rerank_run:OracleReranker")
     monkeypatch.setitem(RERANKERS, "reverse_oracle", "tests.test_rerank_run:ReverseOracleReranker")
     chosen = []
     for test_seed in (0, 1):  # other test data, same validation data: the same choice
         _with_validation(outputs, test_seed)
-        cfg = validate({"run_name": "t", "fusion": "validation"}).model_copy(update={"rerank_backend": reranker})
-        m = run_rerank(cfg, show_progress=False).metrics
+        cfg = validate({"run_name": "t", "fusion": "validation"}).model_copy(update={"reranker": reranker})
+        m = rerank(cfg, show_progress=False).metrics
         chosen.append(m["fusion_chosen"])
         val = m["fusion_chosen"]["validation"]
         assert m["fusion_chosen"]["on"] == "validation" and m["fusion_chosen"]["queries"] == 24
@@ -151,18 +151,18 @@ def test_fusion_validation_reports_the_rule_best_on_the_held_out_buildings(outpu
         assert val[m["headline"]]["R@1"] == max(val[rule]["R@1"] for rule in fusion.FUSIONS)
         out = outputs / "t" / "rerank"
         fused = answers.read_answer_txt(out / "answer_fused.txt")
-        assert (fused == answers.read_answer_txt(out / "answer_vlm.txt")) == (m["headline"] == "vlm")
+        assert (fused == answers.read_answer_txt(out / "answer_reranker.txt")) == (m["headline"] == "reranker")
     assert chosen[0] == chosen[1]
     if expected:
         assert chosen[0]["rule"] == expected
     else:  # the re-ranker's own order is the worst rule here: never chosen
-        assert chosen[0]["rule"] != "vlm" and val["vlm"]["R@1"] < val["retrieval"]["R@1"]
+        assert chosen[0]["rule"] != "reranker" and val["reranker"]["R@1"] < val["retrieval"]["R@1"]
 
 
 def test_fusion_validation_without_validation_features_says_what_to_run(outputs):
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
     with pytest.raises(RerankError, match=r"val_features.npz: no validation features.*notebook 03"):
-        run_rerank(validate({"run_name": "t", "fusion": "validation"}), show_progress=False)
+        rerank(validate({"run_name": "t", "fusion": "validation"}), show_progress=False)
     assert not (outputs / "t" / "rerank").exists(), "checked before any work"
     with pytest.raises(ParamsError, match="val_fraction is 0"):
         validate({"fusion": "validation", "val_fraction": 0})

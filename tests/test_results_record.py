@@ -105,7 +105,7 @@ def test_rerank_gains_report_the_chosen_rule_and_summaries_keep_no_pairs(outputs
 
     summary = results.recorded_results("vlms")
     g = results.rerank_gains(summary)
-    kr = g[(g["backend"] == "kreciprocal") & g["reported"]].iloc[0]
+    kr = g[(g["reranker"] == "kreciprocal") & g["reported"]].iloc[0]
     assert kr["change"] == pytest.approx(8.56 - 8.69) and math.isnan(kr["change std"]) and kr["seeds"] == 3
     assert "no paired interval" in narrative.rerank_gains(g[g["reported"]])
 

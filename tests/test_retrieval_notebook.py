@@ -44,11 +44,11 @@ def counted_extraction(monkeypatch):
     return calls
 
 
-def test_run_retrieval_writes_consistent_files_and_caches(tiny_world_outputs, monkeypatch, counted_extraction):
+def test_evaluate_writes_consistent_files_and_caches(tiny_world_outputs, monkeypatch, counted_extraction):
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
     cfg = tiny_cfg(run_name="retrieval-files", device="cpu")
     write_best_checkpoint(cfg)
-    result = retrieval.run_retrieval(cfg, progress=False)
+    result = retrieval.evaluate(cfg, progress=False)
     out = run_dir(cfg.run_name) / "retrieval"
     test = result.test
     nq, ng = len(test.queries), len(test.gallery)
@@ -101,14 +101,14 @@ def test_run_retrieval_writes_consistent_files_and_caches(tiny_world_outputs, mo
         assert chal[key] == pytest.approx(summary[key])
 
     before = counted_extraction["images"]
-    retrieval.run_retrieval(cfg, progress=False)
+    retrieval.evaluate(cfg, progress=False)
     assert counted_extraction["images"] == before, "a rerun with the same inputs reads the feature cache"
-    retrieval.run_retrieval(cfg.model_copy(update={"flip_tta": True}), progress=False, challenge=False)
+    retrieval.evaluate(cfg.model_copy(update={"flip_tta": True}), progress=False, challenge=False)
     assert counted_extraction["images"] == before + nq + ng + n_val, "flip_tta recomputes"
     write_best_checkpoint(cfg, seed=4)
-    retrieval.run_retrieval(cfg, progress=False, challenge=False)
+    retrieval.evaluate(cfg, progress=False, challenge=False)
     assert counted_extraction["images"] == before + 2 * (nq + ng + n_val), "new weights recompute"
-    retrieval.run_retrieval(cfg.model_copy(update={"val_fraction": 0.0, "fusion": "weighted"}), progress=False,
+    retrieval.evaluate(cfg.model_copy(update={"val_fraction": 0.0, "fusion": "weighted"}), progress=False,
                             challenge=False)
     assert not (out / "val_features.npz").exists(), "no split: no validation features left from an earlier run"
 

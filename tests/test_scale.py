@@ -131,10 +131,10 @@ def test_torchrun_two_gloo_processes_give_one_process_features(tiny_world_output
     assert not list((outputs / "two" / "retrieval").glob("*.rank*"))
 
     monkeypatch.setenv("VICI_OUTPUTS", str(outputs))
-    from vici_utils.retrieval import run_retrieval
+    from vici_utils import retrieval
 
     cfg = validate(dict(s.split("=", 1) for s in sets) | {"run_name": "two"})
-    result = run_retrieval(cfg, progress=False, challenge=False)
+    result = retrieval.evaluate(cfg, progress=False, challenge=False)
     assert isinstance(result.gallery_features, np.memmap)  # read, not embedded again
     np.testing.assert_array_equal(result.gallery_features, np.load(outputs / "two/retrieval/features_gallery.f32.npy"))
     summary = json.loads((outputs / "two" / "retrieval" / "metrics.json").read_text())

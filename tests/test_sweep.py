@@ -42,12 +42,12 @@ def write_run(outputs, run_name, params: Params, r1=10.0, rerank=True, status="o
     if rerank:
         (folder / "rerank").mkdir(exist_ok=True)
         part = {k: metrics[k] for k in ("R@1", "R@5", "R@10", "AP")} | {"n_query": 300}
-        fused = {"weighted": 3.0, "vlm": 1.0, "rrf": 2.0}
+        fused = {"weighted": 3.0, "reranker": 1.0, "rrf": 2.0}
         reported = "weighted" if params.fusion == "validation" else params.fusion  # as if validation chose it
         (folder / "rerank" / "metrics.json").write_text(json.dumps({
             "retrieval": part,
             **{f: part | {"R@1": r1 + d, "R@5": r1 + 10 + d / 2} for f, d in fused.items()},
-            "headline": reported, "backend": params.rerank_backend, "model": None, "top_k": 10,
+            "headline": reported, "reranked_by": params.reranker, "model": None, "top_k": 10,
             "queries_reranked": 300, "queries_total": 300, "counts": {"ok": 300, "fallback": 0, "requests": 0},
             "tokens": {}, "cost_usd": 0.0}))
     written = (started + dt.timedelta(minutes=1)).timestamp()  # as if the run wrote them, during the run
@@ -99,11 +99,11 @@ def test_shipped_sweeps_expand_and_share_runs(outputs, monkeypatch, tmp_path):
             run = vlms[f"{reranker}_s{s}"]
             assert run.model_from.name == f"trained_s{s}" and run.params.epochs == 0 and run.only == ["03", "04"]
             assert run.params.init_checkpoint.endswith(f"vlms/trained_s{s}/train/best.pt")
-            assert run.params.rerank_backend == reranker
+            assert run.params.reranker == reranker
     assert _same_work(backbones["effnet_pretrained_s0"], drone["p0.3_s0"])
     # every embedded sweep is the default's recipe, nothing shortened: only the swept keys differ (issue 19)
     default = params_load(PARAMS_DIR / "default.yaml").model_dump()
-    swept = {"run_name", "seed", "drone_rate", "pretrained", "world_drone_views", "rerank_backend", "epochs",
+    swept = {"run_name", "seed", "drone_rate", "pretrained", "world_drone_views", "reranker", "epochs",
              "init_checkpoint"}
     for name in ("drone_rate", "ablation", "vlms", "backbones", "drone_views"):
         for variant, run in _runs(name).items():
@@ -238,7 +238,7 @@ def test_a_run_of_notebooks_02_03_is_the_same_work_whatever_the_re_ranking_keys(
     nb = ["02_finetune.ipynb", "03_retrieval.ipynb"]
     done = Params(drone_rate=0.3)
     manifest = {"status": "ok", "params": done.model_dump(), "notebooks": [{"name": n, "status": "ok"} for n in nb]}
-    reranked_otherwise = done.model_copy(update={"verifier_epochs": 5, "rerank_backend": "verifier"})
+    reranked_otherwise = done.model_copy(update={"verifier_epochs": 5, "reranker": "verifier"})
     assert sweep.finished(manifest, reranked_otherwise, nb)
     assert not sweep.finished(manifest, done.model_copy(update={"lr": 0.01}), nb)
     manifest["notebooks"].append({"name": "04_rerank.ipynb", "status": "ok"})
@@ -310,8 +310,8 @@ def test_results_collect_metrics_and_average_seeds(outputs, tmp_path, base):
     row = df.iloc[0]
     assert (row["R@1"], row["R@10"], row["AP"], row["n_gallery"]) == (10.0, 30.0, 12.0, 200)
     assert row["protocol"] == "official"
-    assert (row["rerank.weighted.R@1"], row["rerank.vlm.R@1"], row["rerank.rrf.R@5"]) == (13.0, 11.0, 21.0)
-    assert row["rerank.backend"] == "kreciprocal" and row["rerank.counts.fallback"] == 0
+    assert (row["rerank.weighted.R@1"], row["rerank.reranker.R@1"], row["rerank.rrf.R@5"]) == (13.0, 11.0, 21.0)
+    assert row["rerank.reranked_by"] == "kreciprocal" and row["rerank.counts.fallback"] == 0
     assert row["device"] == "cpu (2 cores)" and "embedded world" in row["data"] and row["train_s"] == 60.0
 
     t = results.build_table(pd.read_csv(s.folder / "results.csv"))
@@ -336,7 +336,7 @@ def test_vlms_ablation_and_backbone_tables_have_the_papers_shape(outputs, tmp_pa
     write_run(outputs, "v/kr", v.runs[0].params, r1=20.0, notebooks=("03_retrieval.ipynb", "04_rerank.ipynb"))
     t = results.build_table(sweep.collect(v))
     rows = t.rows.set_index("row")
-    assert list(t.rows["row"])[:4] == ["Without re-ranking", "KR (weighted)", "KR (vlm)", "KR (rrf)"]
+    assert list(t.rows["row"])[:4] == ["Without re-ranking", "KR (weighted)", "KR (reranker)", "KR (rrf)"]
     assert rows.loc["Without re-ranking", "R@1"] == 20.0 and rows.loc["KR (weighted)", "R@1"] == 23.0
     assert rows.loc["KR (weighted)", "paper R@1"] == 30.21 and rows.loc["Without re-ranking", "paper R@1"] == 27.49
     assert "Gemini 2.5 Flash Lite" in set(t.rows["paper_row"]), "paper rows without ours are kept"

@@ -30,7 +30,7 @@ def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
     assert "cpu (2 cores)" in text and "embedded world" in text, "which data and hardware the rows ran on"
     assert "mine + kreciprocal re-rank (weighted, reported)" in text and "15.50" in text, \
         "this run's own re-ranked rows, the reported rule marked"
-    assert "mine + kreciprocal re-rank (vlm)" in text, "every rule of this run, not only the reported one"
+    assert "mine + kreciprocal re-rank (reranker)" in text, "every rule of this run, not only the reported one"
     assert "Feature extractors: `backbones` (recorded in docs/results/backbones.csv; 16/40 epochs (the default " \
            "recipe trains 48)" in text, "no backbones sweep here: the committed record, with its recipe"
     assert "tiny_drone" in text and "recorded in docs/results/drone_rate.csv" not in text, \

@@ -183,16 +183,17 @@ def test_evaluating_an_unfinished_training_says_so(tiny_cfg):
     import json
 
     from vici_utils.run_folder import run_dir
-    from vici_utils.retrieval import UnfinishedTraining, run_retrieval
+    from vici_utils import retrieval
+    from vici_utils.retrieval import UnfinishedTraining
 
     cfg = tiny_cfg.model_copy(update={"run_name": "half"})
     train(cfg, progress=False, stop_after_epoch=1)
     with pytest.warns(UnfinishedTraining, match="UNFINISHED training: epoch 1 of 3"):
-        result = run_retrieval(cfg, progress=False, challenge=False)
+        result = retrieval.evaluate(cfg, progress=False, challenge=False)
     finish = "python -m vici_utils run <its params file> --set run_name=half --only 02"
     assert f"UNFINISHED training: epoch 1 of 3; finish it with {finish}" in result.model_description
     metrics = json.loads((run_dir("half") / "retrieval/metrics.json").read_text())
     assert metrics["training"] == {"finished": False, "epoch": 1, "epochs": 3, "finish": finish}
     assert "UNFINISHED" in metrics["weights"]
     train(cfg, progress=False)
-    assert "UNFINISHED" not in run_retrieval(cfg, progress=False, challenge=False).model_description
+    assert "UNFINISHED" not in retrieval.evaluate(cfg, progress=False, challenge=False).model_description

@@ -1,4 +1,4 @@
-"""The learned verifier (rerank_backend: verifier): what it trains on, that its checkpoint is reused, and that its
+"""The learned verifier (reranker: verifier): what it trains on, that its checkpoint is reused, and that its
 ranking goes through the same fusion, files and metrics as a VLM's."""
 import json
 
@@ -9,7 +9,7 @@ import torch
 from tests.conftest import TINY_MODEL, TINY_WORLD
 from vici_utils import retrieval
 from vici_utils.params import validate
-from vici_utils.rerank import run_rerank, verifier
+from vici_utils.rerank import rerank, verifier
 from vici_utils.run_folder import RERANK, stage_dir
 from vici_utils.train import train
 
@@ -33,9 +33,9 @@ def test_ranking_and_reason_describe_the_verifier_order():
 def trained_run(tiny_world_outputs, monkeypatch):
     monkeypatch.setenv("VICI_OUTPUTS", str(tiny_world_outputs))
     cfg = validate({**TINY_WORLD, **TINY_MODEL, "run_name": "verified", "epochs": 1, "batch_size": 8, "device": "cpu",
-                    "rerank_backend": "verifier", "verifier_epochs": 2, "rerank_top_k": 5, "val_fraction": 0.2})
+                    "reranker": "verifier", "verifier_epochs": 2, "rerank_top_k": 5, "val_fraction": 0.2})
     train(cfg, progress=False)
-    retrieval.run_retrieval(cfg, progress=False)
+    retrieval.evaluate(cfg, progress=False)
     return cfg
 
 
@@ -54,7 +54,7 @@ def test_verifier_trains_on_training_buildings_only_reuses_its_checkpoint_and_fu
 
     monkeypatch.setattr(verifier, "tower_tokens", recording_tokens)
     monkeypatch.setattr(verifier, "train_verifier", counting_train)
-    result = run_rerank(cfg, show_progress=False)
+    result = rerank(cfg, show_progress=False)
 
     from vici_utils.u1652 import open_dataset
 
@@ -69,13 +69,13 @@ def test_verifier_trains_on_training_buildings_only_reuses_its_checkpoint_and_fu
     # the fusion path: the same files, metrics and invariants as a VLM's answers
     out = stage_dir(cfg.run_name, RERANK)
     m = json.loads((out / "metrics.json").read_text())
-    assert m["backend"] == "verifier" and m["counts"]["ok"] == m["queries_reranked"]
-    assert {"weighted", "vlm", "rrf"} <= set(m) and m["weighted"]["R@10"] == m["retrieval"]["R@10"]
+    assert m["reranked_by"] == "verifier" and m["counts"]["ok"] == m["queries_reranked"]
+    assert {"weighted", "reranker", "rrf"} <= set(m) and m["weighted"]["R@10"] == m["retrieval"]["R@10"]
     assert (out / "answer_fused.txt").is_file() and (out / verifier.CHECKPOINT).is_file()
     assert all(o.note.startswith(("moves retrieval", "keeps retrieval")) for o in result.outcomes)
 
     # resume: the stored verifier is reused; another setting trains again
-    run_rerank(cfg, show_progress=False)
+    rerank(cfg, show_progress=False)
     assert len(calls) == 1
-    run_rerank(cfg.model_copy(update={"verifier_epochs": 1}), show_progress=False)
+    rerank(cfg.model_copy(update={"verifier_epochs": 1}), show_progress=False)
     assert len(calls) == 2

@@ -247,7 +247,7 @@ def run_sharded(cfg, progress: bool = True) -> dict[str, Path]:
         with_extra_tiles(cfg, open_dataset(cfg, progress=progress).test, progress=progress)
     barrier()
     test = with_extra_tiles(cfg, open_dataset(cfg, progress=False).test, progress=False)
-    torch.manual_seed(cfg.seed)  # as run_retrieval: an untrained model is the same one
+    torch.manual_seed(cfg.seed)  # as retrieval.evaluate: an untrained model is the same one
     model, transforms = load_model_for_eval(cfg, run)
     model_key = f"{model.config}|{state_dict_hash(model)}"
     model.to(device).eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -28,8 +29,11 @@ RUN_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 RESERVED_OUTPUTS = {"worlds": "the embedded worlds", "cache": "the feature cache"}  # folders of outputs/ itself
 # The keys whose values are names of a registry (vici_utils.registry), and the values each takes besides. They are
 # checked when a value is validated, so a name registered after this module was imported counts too.
-REGISTERED = {"loss": LOSSES, "rerank_backend": RERANKERS, "fusion": FUSIONS}
+REGISTERED = {"loss": LOSSES, "reranker": RERANKERS, "fusion": FUSIONS}
 OTHER_VALUES = {"fusion": (VALIDATION,)}
+# Keys of earlier versions -> their names now. Still read, with a deprecation warning, wherever parameters come in
+# (files, --set, sweep files, a stored run's params.yaml, run.json and train/config.yaml): see `upgrade`.
+RENAMED = {"rerank_backend": "reranker"}
 
 
 def allowed_names(key: str) -> tuple[str, ...]:
@@ -159,7 +163,7 @@ class Params(BaseModel):
     eval_batch_size: int = Field(128, ge=1, description="images per batch when embedding (validation, retrieval)")
 
     # --- re-ranking -----------------------------------------------------------------------------
-    rerank_backend: str = Field(DEFAULT_RERANKER, description=(
+    reranker: str = Field(DEFAULT_RERANKER, description=(
         "stage 2, the re-ranker (the names and what each does: 'Registered names' below)"))
     rerank_top_k: int = Field(10, ge=2, description="candidates re-ranked per query: the retrieval's top K (lower "
                                                     "ranks keep their order)")
@@ -170,7 +174,7 @@ class Params(BaseModel):
     vlm_model: str = Field("gemini-2.5-flash", description="model name sent to the VLM server (a Gemini model id, "
                                                            "or an OpenAI-compatible server's model)")
     vlm_base_url: Optional[str] = Field(None, description=(
-        "the VLM server; None = Google's Gemini API (rerank_backend: openai needs one); ${VAR} refers to an "
+        "the VLM server; None = Google's Gemini API (reranker: openai needs one); ${VAR} refers to an "
         "environment variable"))
     vlm_concurrency: int = Field(4, ge=1, description="VLM requests in flight at once")
     vlm_rpm: int = Field(60, ge=1, description="at most this many VLM requests a minute, evenly spaced")
@@ -221,7 +225,7 @@ class Params(BaseModel):
     kr_k2: int = Field(1, ge=1, description="k-reciprocal: neighbours averaged by local query expansion; 1 = none")
     kr_lambda: float = Field(0.5, ge=0.0, le=1.0, description="k-reciprocal: weight of the original distance "
                                                               "(1 - lambda on the Jaccard distance)")
-    verifier_epochs: int = Field(20, ge=1, description="training epochs of the learned verifier (rerank_backend: "
+    verifier_epochs: int = Field(20, ge=1, description="training epochs of the learned verifier (reranker: "
                                                        "verifier)")
     verifier_dim: int = Field(64, ge=8, description="the verifier's token width")
     verifier_lr: float = Field(1e-3, gt=0, description="the verifier's peak learning rate (one-cycle schedule)")
@@ -303,7 +307,7 @@ TRAIN_KEYS = (
 # What only notebook 04 reads (the "re-ranking" fields above): a run of notebooks 02-03 is the same work whatever
 # they are, so a sweep reuses it across them.
 RERANK_KEYS = (
-    "rerank_backend", "rerank_top_k", "fusion", "vlm_model", "vlm_base_url", "vlm_concurrency", "vlm_rpm",
+    "reranker", "rerank_top_k", "fusion", "vlm_model", "vlm_base_url", "vlm_concurrency", "vlm_rpm",
     "vlm_permutations", "vlm_image_size", "vlm_media_resolution", "vlm_temperature", "vlm_thinking_budget",
     "vlm_max_retries", "vlm_stop_after_unusable", "vlm_max_fallback_share", "vlm_timeout_s", "vlm_max_queries",
     "vlm_price_in_per_mtok", "vlm_price_out_per_mtok", "vlm_mode", "vlm_batch_wait_s", "vlm_batch_poll_s",
@@ -337,8 +341,29 @@ def _expand_env(value: Any, where: str, key: str) -> Any:
     return _ENV_REF.sub(sub, value)
 
 
+def upgrade(raw: dict) -> dict:
+    """`raw` with the names of earlier versions (RENAMED keys, a registry's `aliases`) replaced by today's; each old
+    name warns once that it is deprecated. A key given under both names keeps today's."""
+    out = {}
+    for key, value in raw.items():
+        new = RENAMED.get(key)
+        if new:
+            warnings.warn(f"{key} is now {new}: rename it (the old name is still read)", FutureWarning)
+            if new in raw:
+                continue
+        out[new or key] = value
+    for key, registry in REGISTERED.items():
+        old = out.get(key)
+        if isinstance(old, str) and old in registry.aliases:
+            out[key] = registry.aliases[old]
+            warnings.warn(f"{key}: {old} is now {key}: {out[key]}: rename it (the old name is still read)",
+                          FutureWarning)
+    return out
+
+
 def _check_keys(raw: dict, where: str) -> None:
     known = list(Params.model_fields)
+    raw = upgrade(raw)
     for key in raw:
         if SECRET_NAME.search(str(key)):
             raise ParamsError(f"{where}: '{key}' looks like a secret. Secrets are never parameters (they "
@@ -351,8 +376,8 @@ def _check_keys(raw: dict, where: str) -> None:
 
 def validate(raw: dict, where: str = "parameters") -> Params:
     """Build Params from a plain dict, with messages that name the key and the allowed values."""
+    written = raw = upgrade(raw)
     _check_keys(raw, where)
-    written = raw
     raw = {k: _expand_env(v, where, k) for k, v in raw.items()}
     try:
         return Params(**raw)
@@ -377,7 +402,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ParamsError(f"--set {item!r}: expected key=value")
         out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out
+    return upgrade(out)
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -398,7 +423,7 @@ def read_params_file(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     path = Path(path).resolve()
     if path in _seen:
         raise ParamsError(f"{path}: 'base' files refer to each other in a circle")
-    raw = read_yaml(path)
+    raw = upgrade(read_yaml(path))
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -410,7 +435,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -
     raw = read_params_file(path) if path else {}
     if overrides:
         _check_keys(overrides, "--set")
-    raw.update(overrides or {})
+    raw.update(upgrade(overrides or {}))
     params = validate(raw, str(path) if path else "parameters")
     return absolutize(params)
 
@@ -448,7 +473,7 @@ def run_parameters(run_name: str) -> dict:
     folder = run_dir(run_name)
     for path in (folder / PARAMS, folder / TRAIN / "config.yaml"):
         if path.is_file():
-            return read_yaml(path)
+            return upgrade(read_yaml(path))
     return {}
 
 

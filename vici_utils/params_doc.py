@@ -11,12 +11,12 @@ import typing
 from typing import Any, Literal, Union
 
 from . import registry
-from .params import DATA_KEYS, MODEL_KEYS, REGISTERED, TRAIN_KEYS, Params, allowed_names
+from .params import DATA_KEYS, MODEL_KEYS, REGISTERED, RENAMED, TRAIN_KEYS, Params, allowed_names
 from .paths import REPO_ROOT
 
 PARAMETERS_DOC = REPO_ROOT / "docs" / "parameters.md"
 # every registry, under the key that takes its names
-REGISTRIES = (("rerank_backend", registry.RERANKERS), ("rerank_backend with vlm_mode: batch", registry.BATCH_RERANKERS),
+REGISTRIES = (("reranker", registry.RERANKERS), ("reranker with vlm_mode: batch", registry.BATCH_RERANKERS),
               ("fusion", registry.FUSIONS), ("loss", registry.LOSSES), ("a sweep file's table", registry.TABLE_KINDS))
 
 
@@ -86,6 +86,16 @@ def registered_markdown() -> list[str]:
     return lines
 
 
+def earlier_names_markdown() -> list[str]:
+    """The names of earlier versions that are still read (params.RENAMED, the registries' aliases)."""
+    renamed = [f"`{old}` is now `{new}`" for old, new in RENAMED.items()]
+    renamed += [f"`{key}: {old}` is now `{key}: {new}`" for key, names in REGISTRIES if key in REGISTERED
+                for old, new in names.aliases.items()]
+    return ["## Earlier names", "",
+            "Still read from parameters files, `--set`, sweep files and stored run folders, each with a deprecation "
+            "warning: " + "; ".join(renamed) + ".", ""]
+
+
 def parameters_markdown() -> str:
     """docs/parameters.md: every parameter with its default, allowed values and description, grouped as in Params;
     then every registry's names."""
@@ -108,5 +118,5 @@ def parameters_markdown() -> str:
               "Evaluation checks these keys against a checkpoint's own (a model trained on other data or with "
               "another architecture is refused):", "", ", ".join(f"`{k}`" for k in (*DATA_KEYS, *MODEL_KEYS)), "",
               "Resuming training checks all of these; change one and use another `run_name`, or `resume: false`:", "",
-              ", ".join(f"`{k}`" for k in TRAIN_KEYS), "", *registered_markdown()]
+              ", ".join(f"`{k}`" for k in TRAIN_KEYS), "", *registered_markdown(), *earlier_names_markdown()]
     return "\n".join(lines)

@@ -31,13 +31,13 @@ def claim_params(seeds: int, overrides: Optional[dict] = None) -> list[Params]:
 def drone_claim(seeds: int, overrides: Optional[dict] = None, progress: bool = False) -> pd.DataFrame:
     """Train and evaluate each run of claim_params (finished ones are read back); one row per run: seed, P,
     test R@1 and the run's name."""
-    from .retrieval import run_retrieval
+    from . import retrieval
     from .train import train
 
     rows = []
     for cfg in claim_params(seeds, overrides):
         train(cfg, progress=progress)
-        result = run_retrieval(cfg, progress=progress, challenge=False)
+        result = retrieval.evaluate(cfg, progress=progress, challenge=False)
         rows.append({"seed": cfg.seed, "P": cfg.drone_rate, "R@1": result.metrics["R@1"], "run": cfg.run_name})
     return pd.DataFrame(rows)
 

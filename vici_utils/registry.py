@@ -20,9 +20,10 @@ class UnknownName(ValueError):
 class Registry(dict):
     """name -> "module:object". `what` is the parameter (or sweep key) that takes these names, for messages."""
 
-    def __init__(self, what: str, entries: dict[str, str]):
+    def __init__(self, what: str, entries: dict[str, str], aliases: dict[str, str] | None = None):
         super().__init__(entries)
         self.what = what
+        self.aliases = aliases or {}  # a name of an earlier version -> its name now (vici_utils.params.upgrade)
 
     def load(self, name: str):
         """The object registered under `name` (its module imported now)."""
@@ -44,8 +45,8 @@ def labelled(label: str):
     return mark
 
 
-# rerank_backend: a class that satisfies rerank.rerankers.Reranker, with a `label`
-RERANKERS = Registry("rerank_backend", {
+# reranker: a class that satisfies rerank.rerankers.Reranker, with a `label`
+RERANKERS = Registry("reranker", {
     "none": "vici_utils.rerank.rerankers:NoReranker",
     "kreciprocal": "vici_utils.rerank.kreciprocal:KReciprocalReranker",
     "gemini": "vici_utils.rerank.backends:GeminiBackend",
@@ -54,17 +55,18 @@ RERANKERS = Registry("rerank_backend", {
 })
 DEFAULT_RERANKER = "kreciprocal"  # offline: needs no key and no network
 
-# rerank_backend with vlm_mode: batch: the same re-ranker asking through a batch API (the same requests and store)
-BATCH_RERANKERS = Registry("rerank_backend (vlm_mode: batch)", {
+# reranker with vlm_mode: batch: the same re-ranker asking through a batch API (the same requests and store)
+BATCH_RERANKERS = Registry("reranker (vlm_mode: batch)", {
     "gemini": "vici_utils.rerank.batch:GeminiBatchBackend",
 })
 
-# fusion: a function (vlm_rank, retrieval_rank) -> score, lower first, @labelled
+# fusion: a function (reranker_rank, retrieval_rank) -> score, lower first, @labelled
 FUSIONS = Registry("fusion", {
     "weighted": "vici_utils.rerank.fusion:weighted",
-    "vlm": "vici_utils.rerank.fusion:vlm",
+    "reranker": "vici_utils.rerank.fusion:reranker",
     "rrf": "vici_utils.rerank.fusion:rrf",
-})
+}, aliases={"vlm": "reranker"})
+RERANKER_ONLY = "reranker"  # the rule that keeps the re-ranker's order alone: rerank/answer_reranker.txt
 VALIDATION = "validation"  # the other `fusion` value (its default): the rule best on the validation buildings
 
 # loss: a function (street, satellite, 1/T) -> scalar tensor, @labelled '<name>: what it does' 

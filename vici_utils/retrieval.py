@@ -46,7 +46,7 @@ GROUND_TRUTH = "challenge_ground_truth.csv"  # written by the embedded world; th
 
 @dataclass
 class RetrievalResult:
-    """What run_retrieval computed; arrays are in query / gallery order of `test`."""
+    """What evaluate computed; arrays are in query / gallery order of `test`."""
     cfg: object
     out_dir: Path
     test: RetrievalSet
@@ -170,7 +170,7 @@ def _scores(qf, gf):
     return qf @ np.asarray(gf).T if len(qf) * len(gf) <= 1 << 24 else LazyScores(qf, gf)
 
 
-def run_challenge(ds, embed: _Embedder, out_dir: Path, cfg) -> dict:
+def answer_challenge(ds, embed: _Embedder, out_dir: Path, cfg) -> dict:
     """Embed the masked challenge set, write answer.txt + answer.zip, and score it where ground truth exists."""
     rset = ds.challenge
     qf = embed(rset.queries, "street", "challenge-queries")
@@ -203,7 +203,7 @@ def _validation(cfg, ds, embed: _Embedder, out_dir: Path) -> Optional[dict]:
             **metrics.scalars(metrics.evaluate(qf, gf, val.query_ids, val.gallery_ids))}
 
 
-def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> RetrievalResult:
+def evaluate(cfg, progress: bool = True, challenge: bool = True) -> RetrievalResult:
     """Evaluate the run's model on the test split (and the challenge set when the data has one)."""
     start = time.time()
     ds = open_dataset(cfg, progress=progress)
@@ -233,7 +233,7 @@ def run_retrieval(cfg, progress: bool = True, challenge: bool = True) -> Retriev
     answers.write_answer_txt(out_dir / ANSWER, names, k=top_idx.shape[1])
     answers.write_topk_csv(out_dir / TOPK, [q.name for q in test.queries], [g.name for g in test.gallery],
                            top_idx, top_scores)
-    chal = run_challenge(ds, embed, out_dir / "challenge", cfg) if challenge and ds.challenge else None
+    chal = answer_challenge(ds, embed, out_dir / "challenge", cfg) if challenge and ds.challenge else None
 
     summary = {
         **metrics.scalars(official),

@@ -2,7 +2,7 @@
 manifest, and write_atomic, which writes a whole file beside its place and renames it in (an interrupted write
 never leaves a truncated file that passes for a finished one). Every file of a run folder is written that way
 but for four kinds, each with its own guarantee: stage 2's result files are written into a staging folder and
-moved in together (rerank/run.py); the answer store cache.jsonl is appended to one fsynced answer at a time, so no
+moved in together (rerank/stage.py); the answer store cache.jsonl is appended to one fsynced answer at a time, so no
 paid answer is lost (rerank/cache.py); the sharded embedding's per-rank row files are filled in place and merged
 into one file written aside and renamed (embed.py); and papermill writes each executed notebook aside, which the
 runner renames into place once it is whole (runner.py). On a full disk, where no second copy fits, the runner
@@ -11,7 +11,7 @@ rewrites run.json in place as a last resort.
     outputs/<run_name>/run.json  params.yaml  NN_name.ipynb          (runner)
                        train/      last.pt  best.pt  train_log.csv  config.yaml  result.json
                        retrieval/  features.npz  val_features.npz  metrics.json  answer.txt  topk.csv  challenge/
-                       rerank/     answer_fused.txt  answer_vlm.txt  reasons.jsonl  metrics.json  cache.jsonl
+                       rerank/     answer_fused.txt  answer_reranker.txt  reasons.jsonl  metrics.json  cache.jsonl
                                    verifier.pt  verifier_log.csv
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT = "config.yaml", "train_log.csv", "result.
 FEATURES, METRICS, ANSWER, TOPK, CHALLENGE = "features.npz", "metrics.json", "answer.txt", "topk.csv", "challenge"
 VAL_FEATURES = "val_features.npz"  # the held-out validation buildings', where stage 2 chooses its fusion rule
 # rerank/ (metrics.json too)
-ANSWER_FUSED, ANSWER_RERANKED = "answer_fused.txt", "answer_vlm.txt"
+ANSWER_FUSED, ANSWER_RERANKED = "answer_fused.txt", "answer_reranker.txt"  # answer_vlm.txt before
 REASONS, ANSWER_CACHE = "reasons.jsonl", "cache.jsonl"
 VERIFIER, VERIFIER_LOG = "verifier.pt", "verifier_log.csv"
 RESULTS = "results.csv"    # a sweep's rows, in outputs/<sweep>/

@@ -42,7 +42,7 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, parse_set, read_params_file,
-                     read_yaml, validate)
+                     read_yaml, upgrade, validate)
 from .paths import outputs_root
 from .registry import OWN_TABLE, TABLE_KINDS
 from .results.paper_tables import kind_of
@@ -54,13 +54,15 @@ RESERVED = {"run_name": "the sweep names each run <sweep>/<variant>", "seed": "l
 TRAINING_NOTEBOOKS = ("01", "02")  # data exploration and training: what a model_from run leaves out
 # notebook numbers as two-digit strings (YAML reads [02, 3] as ints)
 Notebooks = Annotated[list[str], BeforeValidator(lambda v: [str(x).zfill(2) for x in v] if isinstance(v, list) else v)]
+# parameters a sweep sets, under today's names (params.upgrade: a sweep file of an earlier version still runs)
+Overrides = Annotated[dict[str, Any], BeforeValidator(lambda v: upgrade(v) if isinstance(v, dict) else v)]
 
 
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(pattern=SEGMENT, description="folder name of the run under outputs/<sweep>/")
-    overrides: dict[str, Any] = Field(default_factory=dict, alias="set")
+    overrides: Overrides = Field(default_factory=dict, alias="set")
     label: Optional[str] = Field(None, description="row label in the tables (default: name)")
     paper_row: Optional[str] = Field(None, description="the paper row this variant's retrieval stands beside")
     rerank_paper_row: Optional[str] = Field(None, description="the paper row its re-ranked result stands beside")
@@ -74,7 +76,7 @@ class SweepSpec(BaseModel):
     sweep: str = Field(pattern=SEGMENT)
     base: str
     table: Optional[str] = None  # a table kind; None = a table of its own
-    overrides: dict[str, Any] = Field(default_factory=dict, alias="set")
+    overrides: Overrides = Field(default_factory=dict, alias="set")
     seeds: Optional[list[int]] = Field(None, min_length=1)
     only: Optional[Notebooks] = None
     variants: list[Variant] = Field(min_length=1)
@@ -272,7 +274,7 @@ def finished(manifest: Optional[dict], params: Params, notebooks: list[str]) -> 
     if not manifest or manifest.get("status") != "ok":
         return False
     ignore = () if "04_rerank.ipynb" in notebooks else RERANK_KEYS  # re-ranking keys matter to notebook 04 only
-    if _comparable(manifest.get("params", {}), ignore) != _comparable(params.model_dump(), ignore):
+    if _comparable(upgrade(manifest.get("params", {})), ignore) != _comparable(params.model_dump(), ignore):
         return False
     ok = {n["name"] for n in manifest.get("notebooks", []) if n.get("status") == "ok"}
     return set(notebooks) <= ok

@@ -234,7 +234,7 @@ def permutations(k: int, n: int, seed: int, query: int) -> list[list[int]]:
 class VLMReranker:
     """A re-ranker that asks a vision-language model over the network (see rerankers.Reranker). Subclasses
     set model, url and settings in __init__ (checking keys and URLs there) and implement send/aclose; `name` is
-    the name the run chose it by (rerank_backend), for messages and the cache key."""
+    the name the run chose it by (reranker), for messages and the cache key."""
     name: str
     model: str
     url: str           # the endpoint, for messages (no credentials)
@@ -243,12 +243,12 @@ class VLMReranker:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.name = cfg.rerank_backend
+        self.name = cfg.reranker
 
     @staticmethod
     def describe(cfg) -> str:
         perms = f", {cfg.vlm_permutations} orders" if cfg.vlm_permutations > 1 else ""
-        return f"{cfg.rerank_backend} {cfg.vlm_model} (top {cfg.rerank_top_k}{perms})"
+        return f"{cfg.reranker} {cfg.vlm_model} (top {cfg.rerank_top_k}{perms})"
 
     async def send(self, request: Request):
         raise NotImplementedError

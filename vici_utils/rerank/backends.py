@@ -44,7 +44,7 @@ class ProtocolError(TransientError):
     def __init__(self, url: str, body: str, why: str):
         start = redact(body[:BODY_SHOWN]) + (" ..." if len(body) > BODY_SHOWN else "")
         super().__init__(f"{url} answered 200 with a body that is not the protocol ({why}); "
-                         f"the body starts: {start!r}. Check vlm_base_url and rerank_backend.")
+                         f"the body starts: {start!r}. Check vlm_base_url and reranker.")
 
 
 @dataclass
@@ -68,9 +68,9 @@ def _api_key(backend, required: bool) -> Optional[str]:
         if os.environ.get(var):
             return os.environ[var]
     if required:
-        raise RerankError(f"rerank_backend '{backend.name}' needs an API key in the environment: set "
+        raise RerankError(f"reranker '{backend.name}' needs an API key in the environment: set "
                           f"{' or '.join(backend.key_vars)} (keys are never parameters, so they never end up "
-                          "in a notebook). For an offline run use rerank_backend: kreciprocal.")
+                          "in a notebook). For an offline run use reranker: kreciprocal.")
     return None
 
 
@@ -84,7 +84,7 @@ def _checked_base_url(url: str, backend: str) -> str:
     remember_url_credentials(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RerankError(f"vlm_base_url '{redact_url(url)}' is not an http(s) URL with a host (rerank_backend "
+        raise RerankError(f"vlm_base_url '{redact_url(url)}' is not an http(s) URL with a host (reranker "
                           f"'{backend}'; e.g. http://localhost:8000/v1)")
     return url.rstrip("/")
 
@@ -227,7 +227,7 @@ class OpenAIBackend(VLMReranker):
 
         super().__init__(cfg)
         if not cfg.vlm_base_url:
-            raise RerankError(f"rerank_backend '{self.name}' needs vlm_base_url, the server's OpenAI-compatible root "
+            raise RerankError(f"reranker '{self.name}' needs vlm_base_url, the server's OpenAI-compatible root "
                               "(e.g. http://localhost:8000/v1 for vLLM, http://localhost:11434/v1 for Ollama)")
         base = _checked_base_url(cfg.vlm_base_url, self.name)
         self.model = cfg.vlm_model

@@ -116,7 +116,7 @@ class JobBook:
 
 
 class GeminiBatchBackend(GeminiBackend):
-    """rerank_backend: gemini with vlm_mode: batch (registry.BATCH_RERANKERS): GeminiBackend's requests, cache
+    """reranker: gemini with vlm_mode: batch (registry.BATCH_RERANKERS): GeminiBackend's requests, cache
     key and answer parsing, asked through the Batch API."""
 
     def rerank(self, job: RerankJob) -> Reranked:

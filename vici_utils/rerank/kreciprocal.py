@@ -15,7 +15,7 @@ modality on its own mean (over all queries, over all gallery images; no labels) 
 the graph is built. `centre=False` gives the published algorithm.
 
 Everything is vectorised over the (queries + gallery) graph: a few seconds for 2,579 x 951 on a laptop.
-`KReciprocalReranker` is rerank_backend: kreciprocal (parameters kr_k1, kr_k2, kr_lambda).
+`KReciprocalReranker` is reranker: kreciprocal (parameters kr_k1, kr_k2, kr_lambda).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from ..registry import FUSIONS
 from ..metrics import METRICS, RECALLS
 from . import pricing, rerankers
 from .prompt import ImageEncoder, Request, build_request
-from .run import RerankResult
+from .stage import RerankResult
 
 def rule_label(rule: str) -> str:
     """'retrieval only', or the fusion rule's own label."""
@@ -102,7 +102,7 @@ def true_candidate(result: RerankResult, q: int) -> int | None:
 
 def how_it_reasons(cfg) -> str:
     """One sentence on what this run's re-ranker is and how to read its reasons."""
-    name = cfg.rerank_backend
+    name = cfg.reranker
     if rerankers.sees_order(name):
         guide = ("a vision-language model answered: its reason is its own explanation of its first choice, in its "
                  "own words (cut short in the figures).")

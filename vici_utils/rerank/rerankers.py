@@ -1,10 +1,10 @@
 """Every re-ranker behind one interface.
 
 A re-ranker takes the run's retrieval (each query's top K, the features and image paths of
-features.npz) and returns, per query, an order of those K candidates. `run_rerank` does the rest
+features.npz) and returns, per query, an order of those K candidates. `stage.rerank` does the rest
 (fusion, metrics, files), whatever the re-ranker is. The re-rankers, and the ones that can ask through a batch
 API (vlm_mode: batch), are registered by name in vici_utils.registry (RERANKERS, BATCH_RERANKERS); the
-`rerank_backend` parameter takes those names.
+`reranker` parameter takes those names.
 
 Adding one: a class that satisfies `Reranker` (in vici_utils/rerank/, say), one line in the registry, and its
 test. Built with the run's parameters, it must check what it can before anything is written (keys, URLs,
@@ -86,7 +86,7 @@ class Reranked:
 class Reranker(Protocol):
     """The interface. `__init__(cfg)` validates the settings (raise RerankError); `check(job)` validates
     the inputs (images present...) before any output is touched; `rerank(job)` does the work. `label` says in a
-    few words what it is (docs/parameters.md); the run's `rerank_backend` is the name it was registered under."""
+    few words what it is (docs/parameters.md); the run's `reranker` is the name it was registered under."""
     label: str
 
     @staticmethod
@@ -106,18 +106,18 @@ def reranker_class(name: str) -> type:
 
 
 def make_reranker(cfg) -> Reranker:
-    """The re-ranker `cfg.rerank_backend`, built (and so validated) from the run's parameters."""
+    """The re-ranker `cfg.reranker`, built (and so validated) from the run's parameters."""
     if cfg.vlm_mode == "batch":
-        if cfg.rerank_backend not in BATCH_RERANKERS:
-            raise RerankError(f"vlm_mode: batch needs a re-ranker that can ask in batches (rerank_backend: "
-                              f"{' or '.join(BATCH_RERANKERS)}), not '{cfg.rerank_backend}'; use vlm_mode: "
+        if cfg.reranker not in BATCH_RERANKERS:
+            raise RerankError(f"vlm_mode: batch needs a re-ranker that can ask in batches (reranker: "
+                              f"{' or '.join(BATCH_RERANKERS)}), not '{cfg.reranker}'; use vlm_mode: "
                               "interactive for it")
-        return BATCH_RERANKERS.load(cfg.rerank_backend)(cfg)
-    return reranker_class(cfg.rerank_backend)(cfg)
+        return BATCH_RERANKERS.load(cfg.reranker)(cfg)
+    return reranker_class(cfg.reranker)(cfg)
 
 
 def describe(cfg) -> str:
-    return reranker_class(cfg.rerank_backend).describe(cfg)
+    return reranker_class(cfg.reranker).describe(cfg)
 
 
 def sees_order(backend: str) -> bool:
@@ -158,5 +158,5 @@ class NoReranker:
     def rerank(self, job: RerankJob) -> Reranked:
         # no answers: nothing looked at the candidates (so no position bias to report either)
         return Reranked([QueryOutcome(q, job.features["query_names"][q], job.candidates(q), list(range(job.k)), "ok",
-                                      "retrieval order (rerank_backend: none)") for q in range(len(job.ranking))],
+                                      "retrieval order (reranker: none)") for q in range(len(job.ranking))],
                         "none")

@@ -337,7 +337,7 @@ class VerifierReranker:
             scores = pair_scores(verifier, street, tile, cands).numpy()
         orders = orders_from_scores(scores)
         notes = [reason(row, order) for row, order in zip(scores, orders)]
-        return Reranked(outcomes_from_orders(job, orders, notes, cfg.rerank_backend), self.describe(cfg))
+        return Reranked(outcomes_from_orders(job, orders, notes, cfg.reranker), self.describe(cfg))
 
     def attention_maps(self, result, q: int) -> list[np.ndarray]:
         """For query q of a re-ranking result this re-ranker made: its attention grid onto each of the K candidates

@@ -38,13 +38,13 @@ def findings(name: str, kind_comparisons: tuple[Comparison, ...], results: pd.Da
     return out
 
 
-def beside_sweep(rule: str, backend: str, epochs: int, tables: list) -> str:
-    """A run's re-ranking (fusion `rule` of re-ranker `backend`, trained `epochs`) beside the same re-ranker's change
+def beside_sweep(rule: str, reranker: str, epochs: int, tables: list) -> str:
+    """A run's re-ranking (fusion `rule` of re-ranker `reranker`, trained `epochs`) beside the same re-ranker's change
     over seeds in a re-ranking sweep (results.Table objects, from outputs/ or the committed record), saying when
     the sweep used another recipe."""
     for t in tables:
         gains = rerank_gains(t.runs)
-        same = gains[(gains["backend"] == backend) & (gains["rule"] == rule)]
+        same = gains[(gains["reranker"] == reranker) & (gains["rule"] == rule)]
         if same.empty:
             continue
         where = f"recorded in {t.source}" if t.recorded else f"in {t.source}"
@@ -60,6 +60,6 @@ def beside_sweep(rule: str, backend: str, epochs: int, tables: list) -> str:
             budget = " Same training budget as this run."
         said = narrative.rerank_gains(same.assign(reported=True)).strip()
         return f"Over seeds, the `{t.name}` sweep ({where}; {t.recipe}): {said}{budget}"
-    return (f"No re-ranking sweep with '{backend}' and the '{rule}' rule, in this outputs folder or recorded: one "
+    return (f"No re-ranking sweep with '{reranker}' and the '{rule}' rule, in this outputs folder or recorded: one "
             "run's change cannot be told from noise until `python -m vici_utils sweep params/tables/vlms.yaml` "
             "measures it over seeds.")

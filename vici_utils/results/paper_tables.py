@@ -104,7 +104,7 @@ def _has(variant: pd.Series, col: str) -> bool:
 
 def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
     """'<label> + <backend [model]> re-rank (<fusion>[, first N queries])'; vlms tables label by variant only."""
-    backend = r.get("rerank.backend") or r.get("param.rerank_backend") or "re-rank"
+    backend = r.get("rerank.reranked_by") or r.get("param.reranker") or "re-rank"
     model = r.get("rerank.model")
     what = f"{backend} {model}" if isinstance(model, str) and model and sees_order(backend) else backend  # a VLM's id
     subset = ""

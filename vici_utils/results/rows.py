@@ -19,14 +19,54 @@ import pandas as pd
 from ..metrics import METRICS
 from ..run_folder import RERANK, RESULTS, RETRIEVAL, read_manifest  # RESULTS: a sweep's rows, outputs/<sweep>/
 from ..model_stats import stats
-from ..params import Params
+from ..params import RENAMED, Params, upgrade
 from ..paths import REPO_ROOT, outputs_root
 from ..provenance import describe_data, describe_model
 from ..registry import FUSIONS
 
 RECORDED = REPO_ROOT / "docs" / "results"  # the committed record: <sweep>.csv, one per sweep
-DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "rerank_backend", "vlm_model",
+DESCRIBED = ("seed", "backbone", "pretrained", "image_size", "epochs", "drone_rate", "reranker", "vlm_model",
              "fusion")  # parameters every row carries as 'param.<key>'
+# metrics.json keys of stage 2 before a rename -> today's (fusion rules renamed: registry.FUSIONS.aliases)
+RENAMED_METRICS = {"backend": "reranked_by"}
+RULE_COLUMNS = ("param.fusion", "rerank.headline")  # columns whose values are fusion rules
+
+
+def _renamed(old: str, new: str, d: dict) -> None:
+    if old in d and new not in d:
+        d[new] = d.pop(old)
+
+
+def upgrade_rerank_metrics(metrics: dict) -> dict:
+    """A stage-2 metrics.json as written before a rename (its 'backend', a rule's old name as a key, headline or
+    chosen rule), in today's names."""
+    metrics = dict(metrics)
+    for old, new in (*RENAMED_METRICS.items(), *FUSIONS.aliases.items()):
+        _renamed(old, new, metrics)
+    metrics["headline"] = FUSIONS.aliases.get(metrics.get("headline"), metrics.get("headline"))
+    if isinstance(metrics.get("fusion_chosen"), dict):
+        chosen = metrics["fusion_chosen"] = dict(metrics["fusion_chosen"])
+        chosen["rule"] = FUSIONS.aliases.get(chosen.get("rule"), chosen.get("rule"))
+        if isinstance(chosen.get("validation"), dict):
+            chosen["validation"] = dict(chosen["validation"])
+            for old, new in FUSIONS.aliases.items():
+                _renamed(old, new, chosen["validation"])
+    return metrics
+
+
+def upgrade_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows written before a rename (a committed record keeps the names it was written with), in today's names: the
+    columns of renamed parameters (param.rerank_backend), metrics (rerank.backend) and fusion rules (rerank.vlm.R@1),
+    and old rule names among the values of RULE_COLUMNS."""
+    columns = {f"param.{old}": f"param.{new}" for old, new in RENAMED.items()}
+    columns |= {f"rerank.{old}": f"rerank.{new}" for old, new in RENAMED_METRICS.items()}
+    for old, new in FUSIONS.aliases.items():
+        columns |= {c: f"rerank.{new}.{c[len(f'rerank.{old}.'):]}" for c in rows if c.startswith(f"rerank.{old}.")}
+    rows = rows.rename(columns={old: new for old, new in columns.items() if new not in rows})
+    for col in RULE_COLUMNS:
+        if col in rows:
+            rows[col] = rows[col].replace(FUSIONS.aliases)
+    return rows
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -88,7 +128,7 @@ def read_run_folder(folder: Path, with_model_stats: bool = False, fresh_only: bo
         err = failed[0]["error"]
         row["error"] = f"{failed[0]['name']}: {err.get('ename')}: {str(err.get('evalue'))[:200]}"
     try:
-        cfg = Params(**manifest.get("params", {}))
+        cfg = Params(**upgrade(manifest.get("params", {})))
     except Exception:  # noqa: BLE001 - a manifest of an older Params: still report what we can
         cfg = None
     env = manifest.get("environment", {})
@@ -103,7 +143,8 @@ def read_run_folder(folder: Path, with_model_stats: bool = False, fresh_only: bo
     row |= {k: retrieval.get(k) for k in (*METRICS, "protocol", "n_query", "n_gallery")}
     rerank = _written_by_this_run(folder / RERANK / "metrics.json", since)
     if rerank:
-        row |= {"rerank.backend": rerank.get("backend"), "rerank.model": rerank.get("model"),
+        rerank = upgrade_rerank_metrics(rerank)
+        row |= {"rerank.reranked_by": rerank.get("reranked_by"), "rerank.model": rerank.get("model"),
                 "rerank.headline": rerank.get("headline"), "rerank.cost_usd": rerank.get("cost_usd"),
                 "rerank.chosen_on": (rerank.get("fusion_chosen") or {}).get("on") or "parameter"}
         for part in ("retrieval", *FUSIONS):
@@ -158,7 +199,7 @@ def trained_epochs(results: pd.DataFrame) -> list[int]:
 
 def read_rows(path: Path) -> pd.DataFrame:
     """A sweep's collected rows from a CSV file (outputs/<sweep>/results.csv or docs/results/<sweep>.csv)."""
-    return pd.read_csv(path)
+    return upgrade_rows(pd.read_csv(path))
 
 
 def sweep_results(name: str, root: Optional[Path] = None) -> pd.DataFrame:
@@ -199,14 +240,14 @@ def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
             diff = g[col] - g["rerank.retrieval.R@1"]
             paired = not is_summary(g) and len(g) > 1
             chosen = g["rerank.chosen_on"].iloc[0] if "rerank.chosen_on" in g else "parameter"
-            backend = g["rerank.backend"].iloc[0] if "rerank.backend" in g else g.get("param.rerank_backend",
-                                                                                            pd.Series([""])).iloc[0]
-            rows.append({"re-ranker": g["label"].iloc[0], "backend": backend, "rule": rule,
+            reranker = g["rerank.reranked_by"].iloc[0] if "rerank.reranked_by" in g else g.get("param.reranker",
+                                                                                                 pd.Series([""])).iloc[0]
+            rows.append({"re-ranker": g["label"].iloc[0], "reranker": reranker, "rule": rule,
                          "retrieval R@1": g["rerank.retrieval.R@1"].mean(), "re-ranked R@1": g[col].mean(),
                          "change": diff.mean(), "change std": diff.std(ddof=1) if paired else math.nan,
                          "seeds": n, "reported": rule == reported_rule(g.iloc[0]),
                          "chosen on": chosen if isinstance(chosen, str) and chosen else "parameter"})
-    return pd.DataFrame(rows, columns=["re-ranker", "backend", "rule", "retrieval R@1", "re-ranked R@1", "change",
+    return pd.DataFrame(rows, columns=["re-ranker", "reranker", "rule", "retrieval R@1", "re-ranked R@1", "change",
                                        "change std", "seeds", "reported", "chosen on"])
 
 

@@ -1,4 +1,4 @@
-"""Stage 2, end to end: `run_rerank(cfg)` re-ranks each query's top K and writes outputs/<run>/rerank/.
+"""Stage 2, end to end: `rerank(cfg)` re-ranks each query's top K and writes outputs/<run>/rerank/.
 
     retrieval/features.npz -> ranking -> top K per query -> re-ranker (registry.RERANKERS)
         -> per-query order of the K -> fusion with the retrieval order (registry.FUSIONS) -> metrics, answers, reasons
@@ -10,8 +10,9 @@ notebook and the run's manifest fail) and leaves its files in rerank/failed/ for
 Everything is checked before work starts (features, key, server URL, images), and the previous results
 are replaced only by complete new ones: written aside, then swapped in. Written files: answer_fused.txt (the
 rule the run reports: the `fusion` parameter's, or with fusion: validation the best on the held-out buildings),
-answer_vlm.txt, reasons.jsonl, metrics.json, and for network backends cache.jsonl (every answer, appended as it
-arrives; see cache.py) and, in vlm_mode: batch, batch.json (the jobs; batch.py).
+answer_reranker.txt (the re-ranker's order alone), reasons.jsonl, metrics.json, and for network re-rankers
+cache.jsonl (every answer, appended as it arrives; see cache.py) and, in vlm_mode: batch, batch.json (the jobs;
+batch.py).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ import pandas as pd
 
 from ..answers import CHALLENGE_K, names_from_indices, write_answer_txt
 from ..metrics import evaluate_ranking, full_ranking, scalars
-from ..run_folder import FEATURES, RERANK, RETRIEVAL, VAL_FEATURES, read_features, stage_dir
+from ..run_folder import (ANSWER_FUSED, ANSWER_RERANKED, FEATURES, RERANK, RETRIEVAL, VAL_FEATURES, read_features,
+                          stage_dir)
 from . import fusion, pricing
 from .limits import RetryPolicy
 from ..redaction import redact
@@ -111,10 +113,10 @@ def _position_bias(outcomes: list[QueryOutcome], gallery_truth: dict, query_ids:
 
 def _fused(outcomes: list[QueryOutcome], ranking: np.ndarray, k: int) -> dict:
     """Every fusion rule's full ranking, from the re-ranker's order of each query's top k."""
-    vlm_rank = np.empty((len(ranking), k), dtype=np.int64)
+    reranker_rank = np.empty((len(ranking), k), dtype=np.int64)
     for o in outcomes:
-        vlm_rank[o.index, o.order] = np.arange(1, k + 1)
-    return {rule: fusion.apply(ranking, fusion.fuse(vlm_rank, rule)) for rule in fusion.FUSIONS}
+        reranker_rank[o.index, o.order] = np.arange(1, k + 1)
+    return {rule: fusion.apply(ranking, fusion.fuse(reranker_rank, rule)) for rule in fusion.FUSIONS}
 
 
 def validation_features(cfg) -> Optional[dict]:
@@ -148,8 +150,8 @@ def choose_fusion(cfg, reranker, val_feats: Optional[dict], job: RerankJob) -> d
             "validation": {name: {m: s[m] for m in ("R@1", "AP")} for name, s in scores.items()}}
 
 
-def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool = True) -> RerankResult:
-    """Re-rank the run's retrieval with `cfg.rerank_backend` and write outputs/<run_name>/rerank/."""
+def rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool = True) -> RerankResult:
+    """Re-rank the run's retrieval with `cfg.reranker` and write outputs/<run_name>/rerank/."""
     # 1. everything that can be checked before any work: inputs, key, server URL, images
     feats = load_features(features_path(cfg), cfg.run_name)
     val_feats = validation_features(cfg)
@@ -185,7 +187,7 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     files: dict = {}
     g_names = feats["gallery_names"]
     answer_k = min(CHALLENGE_K, ng)  # answer files carry the top 10, as the challenge's
-    for name, rule in (("answer_fused.txt", chosen["rule"]), ("answer_vlm.txt", "vlm")):
+    for name, rule in ((ANSWER_FUSED, chosen["rule"]), (ANSWER_RERANKED, fusion.RERANKER_ONLY)):
         rows = names_from_indices(np.concatenate([fused[rule], full[n_sel:]])[:, :answer_k], g_names)
         files[name] = functools.partial(write_answer_txt, names_per_query=rows, k=answer_k)
 
@@ -205,7 +207,7 @@ def run_rerank(cfg, *, retry: Optional[RetryPolicy] = None, show_progress: bool 
     metrics.update({
         "headline": chosen["rule"],
         "fusion_chosen": chosen,
-        "backend": cfg.rerank_backend,
+        "reranked_by": cfg.reranker,  # not "reranker": that key holds the metrics of the fusion rule of that name
         "model": model,
         "model_versions": dict(stats.model_versions),
         "top_k": k,
