@@ -1,4 +1,6 @@
 """Parameters: validation messages name the key and what is allowed; secrets are refused."""
+import warnings
+
 import pytest
 
 from vici_utils.params import Params, ParamsError, from_notebook, load, parse_set, to_yaml, validate
@@ -125,3 +127,25 @@ def test_a_literal_dollar_in_data_root_is_written_twice(tmp_path, monkeypatch):
     assert load(None, {"data_root": "/data/price$$list"}).data_root == "/data/price$list"
     monkeypatch.setenv("HOME_DATA", "/d")
     assert load(None, {"data_root": "${HOME_DATA}/a$$b"}).data_root == "/d/a$b"
+
+
+def test_earlier_names_are_read_with_one_deprecation_warning(tmp_path, outputs):
+    """Issue 20 (5): `rerank_backend` became `reranker` and the fusion rule `vlm` became `reranker`; a parameters
+    file, --set and a stored run folder of an earlier version still load, to the same parameters, warning once."""
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("rerank_backend: verifier\nfusion: vlm\n")
+    new.write_text("reranker: verifier\nfusion: reranker\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        assert load(old) == load(new)
+        assert load(old) == load(new)  # read again: no second line
+        assert load(None, parse_set(["rerank_backend=gemini"])).reranker == "gemini"
+    said = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert sorted(said) == ["fusion: vlm is now fusion: reranker: rename it (the old name is still read)",
+                            "rerank_backend is now reranker: rename it (the old name is still read)"]
+    with pytest.warns(FutureWarning):
+        assert validate({"rerank_backend": "none", "reranker": "verifier"}).reranker == "verifier"  # today's wins
+        (outputs / "old").mkdir(parents=True)
+        (outputs / "old" / "params.yaml").write_text("run_name: old\nrerank_backend: none\nfusion: vlm\n")
+        cfg = from_notebook({"run_name": "old"})
+    assert (cfg.reranker, cfg.fusion) == ("none", "reranker")

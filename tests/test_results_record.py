@@ -122,3 +122,19 @@ def test_a_run_is_set_beside_the_sweep_and_a_shorter_recipe_is_named():
     assert results.beside_sweep("weighted", "gemini", 48, recorded).startswith("No re-ranking sweep with 'gemini'")
     note = results.recipe_note(recorded)
     assert note.startswith("Recipes: vlms (recorded): 16 epochs") and "Same training budget" in note
+
+
+def test_a_record_written_before_the_renames_reads_in_todays_names():
+    """Issue 20 (5): docs/results/vlms.csv keeps the names it was written with (param.rerank_backend, rerank.backend,
+    rerank.vlm.*, the rule 'vlm'); the one loader reads it in today's (param.reranker, rerank.reranked_by,
+    rerank.reranker.*)."""
+    raw = pd.read_csv(results.RECORDED / "vlms.csv")
+    assert {"param.rerank_backend", "rerank.backend", "rerank.vlm.R@1"} <= set(raw.columns)
+    rows = results.recorded_results("vlms")
+    assert not {"param.rerank_backend", "rerank.backend"} & set(rows.columns)
+    assert not [c for c in rows.columns if c.startswith("rerank.vlm.")]
+    assert rows["param.reranker"].tolist() == raw["param.rerank_backend"].tolist()
+    assert rows["rerank.reranked_by"].tolist() == raw["rerank.backend"].tolist()
+    assert rows["rerank.reranker.R@1"].equals(raw["rerank.vlm.R@1"].rename("rerank.reranker.R@1"))
+    assert "vlm" not in set(rows["param.fusion"]) | set(rows["rerank.headline"])
+    assert set(results.rerank_gains(rows)["rule"]) == {"weighted", "reranker", "rrf"}

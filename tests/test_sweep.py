@@ -426,3 +426,40 @@ def test_a_key_left_unset_in_one_variant_still_counts_as_varied(outputs, tmp_pat
     sweep.collect(s)
     [table] = [t for t in results.load_sweep_tables() if t.name == "views"]
     assert any(line.endswith("varied: world_drone_views") for line in table.provenance), table.provenance
+
+
+def _as_written_before_the_renames(folder):
+    """A run folder as an earlier version wrote it: rerank_backend in run.json, the rule `vlm`, metrics' 'backend'."""
+    manifest = json.loads((folder / "run.json").read_text())
+    manifest["params"] = {("rerank_backend" if k == "reranker" else k): ("vlm" if v == "reranker" else v)
+                          for k, v in manifest["params"].items()}
+    (folder / "run.json").write_text(json.dumps(manifest))
+    path = folder / "rerank" / "metrics.json"
+    stat = path.stat()
+    m = json.loads(path.read_text())
+    m = {{"reranked_by": "backend", "reranker": "vlm"}.get(k, k): v for k, v in m.items()}
+    m["headline"] = "vlm" if m["headline"] == "reranker" else m["headline"]
+    path.write_text(json.dumps(m))
+    os.utime(path, (stat.st_atime, stat.st_mtime))
+
+
+def test_a_run_folder_written_before_the_renames_is_reused_and_reads_the_same(outputs, tmp_path, base):
+    """Issue 20 (5): a run folder of an earlier version (rerank_backend, fusion: vlm, answer_vlm.txt's rule, metrics'
+    'backend') still counts as finished for the same parameters, and reads back as the same row; a sweep file
+    of an earlier version still expands."""
+    f = write_sweep(tmp_path / "s.yaml", "sweep: s\nbase: base.yaml\nvariants:\n"
+                                         "- {name: a, set: {rerank_backend: verifier, fusion: vlm}}\n")
+    with pytest.warns(FutureWarning, match="rerank_backend is now reranker"):
+        s = sweep.load(f)
+    run = s.runs[0]
+    assert (run.params.reranker, run.params.fusion) == ("verifier", "reranker")
+    folder = write_run(outputs, run.run_name, run.params)
+    today = results.read_run_folder(folder)
+    _as_written_before_the_renames(folder)
+    assert "rerank_backend" in json.loads((folder / "run.json").read_text())["params"]
+    manifest = json.loads((folder / "run.json").read_text())
+    with pytest.warns(FutureWarning):
+        assert sweep.finished(manifest, run.params, ["02_finetune.ipynb", "04_rerank.ipynb"])
+        assert results.read_run_folder(folder) == today
+    assert today["param.reranker"] == "verifier" and today["rerank.headline"] == "reranker"
+    assert today["rerank.reranked_by"] == "verifier" and "rerank.reranker.R@1" in today
