@@ -1,6 +1,6 @@
 """Run the re-ranker against the loopback servers (tests/fake_vlm_servers.py) and read back what it wrote."""
 from vici_utils.params import validate
-from vici_utils.rerank import RetryPolicy, rerank
+from vici_utils.rerank import RetryPolicy, stage
 
 
 RESULTS = ("answer_fused.txt", "answer_reranker.txt", "reasons.jsonl", "metrics.json", "cache.jsonl")
@@ -16,7 +16,7 @@ def config(backend, url, **kw):
 
 
 def rerank(cfg):
-    return rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
+    return stage.rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
 
 
 def rerank_dir(outputs):

@@ -11,7 +11,7 @@ from tests.fake_vlm_servers import FakeVLMServer, write_tiny_run
 from tests.rerank_runs import rerank, rerank_dir
 from vici_utils.params import load, validate
 from vici_utils.paths import REPO_ROOT
-from vici_utils.rerank import RerankError, RetryPolicy, load_features, rerank
+from vici_utils.rerank import RerankError, RetryPolicy, load_features, stage
 
 KEY = VLM_KEY
 BACKENDS = ["gemini", "openai"]
@@ -260,7 +260,7 @@ def test_the_paper_request_on_the_wire(outputs, monkeypatch, tmp_path, backend):
             raw.update(reranker="openai", vlm_model="qwen2.5-vl", vlm_base_url=server.url + "/v1")
         else:
             raw["vlm_base_url"] = server.url
-        result = rerank(validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
+        result = stage.rerank(validate(raw), retry=RetryPolicy(0, base_s=0.001), show_progress=False)
     assert result.metrics["counts"]["ok"] == 4
     paths = {**dict(zip(feats["query_names"], feats["query_paths"])),
              **dict(zip(feats["gallery_names"], feats["gallery_paths"]))}
@@ -304,6 +304,6 @@ def test_the_embedded_default_sends_small_jpegs(outputs, monkeypatch):
         cfg = validate({"run_name": "t", "fusion": "weighted",
                         "reranker": "gemini", "vlm_base_url": server.url, "rerank_top_k": 3,
                         "vlm_image_size": 32, "vlm_rpm": 100000})  # the default, 384, on 32-px-scale data
-        rerank(cfg, show_progress=False)
+        stage.rerank(cfg, show_progress=False)
     assert [Image.open(io.BytesIO(s.images[0])).size for s in server.seen] == [(32, 21)] * 2
     assert server.seen[0].generation["mediaResolution"] == "MEDIA_RESOLUTION_LOW"

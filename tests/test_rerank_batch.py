@@ -10,7 +10,7 @@ from tests.fake_batch_server import FakeBatchServer
 from tests.fake_vlm_servers import write_tiny_run
 from vici_utils import runner
 from vici_utils.params import validate
-from vici_utils.rerank import RerankError, RetryPolicy, batch, rerank
+from vici_utils.rerank import RerankError, RetryPolicy, batch, stage
 from vici_utils.rerank.batch import BatchAsker, BatchPending
 
 PLANTED = "planted-secret-TOKEN-93be1d"
@@ -33,7 +33,7 @@ def config(server, run="t", **kw):
 
 
 def rerank(cfg):
-    return rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
+    return stage.rerank(cfg, retry=RetryPolicy(cfg.vlm_max_retries, base_s=0.002, max_s=0.02), show_progress=False)
 
 
 def interactive(outputs, server, script=()):
