@@ -116,3 +116,21 @@ def test_cache_hits_and_invalidates_on_any_input_change(model, transform, images
     other = model_transforms(params.Params(image_size=48), TwoTower("resnet10t", image_size=48), False, "street")
     embed.cached_features(fn, images, other, model_key=key, **kw)
     assert fn.images == 40, "another transform (image size) recomputes"
+
+
+def test_a_corrupt_feature_cache_file_is_named_and_recomputed(tmp_path):
+    """Issue 12 (8): a torn feature cache file."""
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(paths[-1])
+    model = TwoTower("resnet10t", image_size=32).eval()
+    tf = model_transforms(params.Params(image_size=32), model, train=False, view="street")
+    kw = dict(model_key="m", cache_dir=tmp_path / "cache", batch_size=2, device="cpu", num_workers=0, progress=False)
+    first = embed.cached_features(model.encode_street, paths, tf, **kw)
+    (cached,) = (tmp_path / "cache").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:50])  # a write cut short
+    with pytest.warns(UserWarning, match=rf"feature cache .*{cached.name} is unreadable.*computing the features again"):
+        again = embed.cached_features(model.encode_street, paths, tf, **kw)
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    np.testing.assert_allclose(np.load(cached), first, atol=1e-6)  # replaced by a good file

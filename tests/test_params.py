@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 
-from vici_utils.params import Params, ParamsError, from_notebook, load, parse_set, to_yaml, validate
+from vici_utils.params import Params, ParamsError, absolutize, from_notebook, load, parse_set, validate
 from vici_utils.params_doc import PARAMETERS_DOC, parameters_markdown
 from vici_utils.paths import PARAMS_DIR
 
@@ -62,23 +62,6 @@ def test_from_notebook_reads_only_known_keys():
     assert cfg.run_name == "nb" and cfg.drone_rate == 0.5 and cfg.epochs == Params().epochs
 
 
-def test_secrets_in_parameters_stay_references(monkeypatch):
-    """A token in vlm_base_url is refused in clear; by ${NAME} it stays a reference in the resolved parameters
-    (so in params.yaml, run.json and the notebooks) and is expanded only where the URL is used."""
-    from vici_utils.redaction import expand_secret_refs
-
-    monkeypatch.setenv("VLM_TOKEN", "s3cr3t-value-123")
-    monkeypatch.setenv("DATA_HOME", "/data")
-    with pytest.raises(ParamsError, match="credentials in clear"):
-        load(None, {"vlm_base_url": "https://me:s3cr3t-value-123@host/v1"})
-    with pytest.raises(ParamsError, match="credentials in clear"):
-        load(None, {"vlm_base_url": "https://host/v1?api_key=s3cr3t-value-123"})
-    cfg = load(None, {"vlm_base_url": "https://me:${VLM_TOKEN}@host/v1", "init_checkpoint": "${DATA_HOME}/x.pt"})
-    assert cfg.vlm_base_url == "https://me:${VLM_TOKEN}@host/v1" and cfg.init_checkpoint == "/data/x.pt"
-    assert "s3cr3t" not in to_yaml(cfg)
-    assert expand_secret_refs(cfg.vlm_base_url) == "https://me:s3cr3t-value-123@host/v1"
-
-
 def test_every_parameter_has_a_description_and_one_row_in_the_docs():
     missing = [k for k, f in Params.model_fields.items() if not (f.description or "").strip()]
     assert not missing, f"parameters without a description in vici_utils/params.py: {missing}"
@@ -99,26 +82,6 @@ def test_an_empty_vlm_base_url_is_an_error_not_the_public_endpoint():
         with pytest.raises(ParamsError, match=r"vlm_base_url .*empty.*leave the key out"):
             load(None, {"vlm_base_url": empty})
     assert load(None, {}).vlm_base_url is None  # absent: the public endpoint is the default
-
-
-def test_url_references_are_never_expanded_into_parameters_nor_printed(monkeypatch):
-    """Issue 22.11: every ${VAR} of the URL stays a reference (whatever the variable's name), so neither a refusal
-    nor params.yaml / run.json shows its value; where the URL is used, each expanded part is redacted."""
-    from vici_utils.redaction import expand_secret_refs, redact
-
-    monkeypatch.setenv("VLM_URL", "https://me:hunter2-in-clear@host/v1")
-    monkeypatch.setenv("ROUTE", "tenant-8f3e2c91")
-    cfg = load(None, {"vlm_base_url": "${VLM_URL}"})
-    assert cfg.vlm_base_url == "${VLM_URL}" and "hunter2" not in to_yaml(cfg)
-    cfg = load(None, {"vlm_base_url": "https://host/$ROUTE/v1"})
-    assert cfg.vlm_base_url == "https://host/${ROUTE}/v1" and "tenant" not in to_yaml(cfg)
-    assert expand_secret_refs(cfg.vlm_base_url) == "https://host/tenant-8f3e2c91/v1"
-    assert "tenant-8f3e2c91" not in redact("GET https://host/tenant-8f3e2c91/v1 failed")
-    # a refused expansion elsewhere names the reference, never the value
-    monkeypatch.setenv("EPOCHS", "forty-secret-epochs")
-    with pytest.raises(ParamsError) as e:
-        load(None, {"epochs": "${EPOCHS}"})
-    assert "${EPOCHS}" in str(e.value) and "forty-secret" not in str(e.value)
 
 
 def test_a_literal_dollar_in_data_root_is_written_twice(tmp_path, monkeypatch):
@@ -149,3 +112,20 @@ def test_earlier_names_are_read_with_one_deprecation_warning(tmp_path, outputs):
         (outputs / "old" / "params.yaml").write_text("run_name: old\nrerank_backend: none\nfusion: vlm\n")
         cfg = from_notebook({"run_name": "old"})
     assert (cfg.reranker, cfg.fusion) == ("none", "reranker")
+
+
+def test_run_name_refuses_the_shared_folders_and_says_what_is_allowed():
+    """Issue 12 (8): run_name and the shared folders."""
+    for name in ("worlds/x", "worlds", "cache/features"):
+        with pytest.raises(ParamsError, match=rf"run_name may not start with '{name.split('/')[0]}'"):
+            validate({"run_name": name})
+    with pytest.raises(ParamsError, match=r"letters, digits and _ - \. \(not first\), with '/' between") as e:
+        validate({"run_name": "my run"})
+    assert "[A-Za-z" not in str(e.value)
+    assert validate({"run_name": "worlds_2/a.b"}).run_name == "worlds_2/a.b"
+
+
+def test_pretrained_package_is_a_parameter_value_not_a_path():
+    """pretrained: package names weights a pip package ships (weight_sources.py), so absolutize leaves it alone."""
+    cfg = absolutize(validate({"backbone": "tf_efficientnet_lite0", "pretrained": "package"}))
+    assert cfg.pretrained == "package"

@@ -7,8 +7,9 @@ import pytest
 
 from tests.conftest import VLM_KEY
 from tests.rerank_runs import config, rerank
+from vici_utils.params import ParamsError, load, to_yaml
+from vici_utils.redaction import expand_secret_refs, redact, redact_url
 from vici_utils.rerank import RerankError
-from vici_utils.redaction import redact, redact_url
 
 KEY = VLM_KEY
 
@@ -60,3 +61,36 @@ def test_planted_secrets_reach_no_file_and_nothing_in_memory(tiny, server, backe
     for text in shown:
         for secret in (KEY, URL_SECRET, basic, TOKEN):
             assert secret not in text
+
+
+def test_secrets_in_parameters_stay_references(monkeypatch):
+    """A token in vlm_base_url is refused in clear; by ${NAME} it stays a reference in the resolved parameters
+    (so in params.yaml, run.json and the notebooks) and is expanded only where the URL is used."""
+    monkeypatch.setenv("VLM_TOKEN", "s3cr3t-value-123")
+    monkeypatch.setenv("DATA_HOME", "/data")
+    with pytest.raises(ParamsError, match="credentials in clear"):
+        load(None, {"vlm_base_url": "https://me:s3cr3t-value-123@host/v1"})
+    with pytest.raises(ParamsError, match="credentials in clear"):
+        load(None, {"vlm_base_url": "https://host/v1?api_key=s3cr3t-value-123"})
+    cfg = load(None, {"vlm_base_url": "https://me:${VLM_TOKEN}@host/v1", "init_checkpoint": "${DATA_HOME}/x.pt"})
+    assert cfg.vlm_base_url == "https://me:${VLM_TOKEN}@host/v1" and cfg.init_checkpoint == "/data/x.pt"
+    assert "s3cr3t" not in to_yaml(cfg)
+    assert expand_secret_refs(cfg.vlm_base_url) == "https://me:s3cr3t-value-123@host/v1"
+
+
+def test_url_references_are_never_expanded_into_parameters_nor_printed(monkeypatch):
+    """Issue 22.11: every ${VAR} of the URL stays a reference (whatever the variable's name), so neither a refusal
+    nor params.yaml / run.json shows its value; where the URL is used, each expanded part is redacted."""
+    monkeypatch.setenv("VLM_URL", "https://me:hunter2-in-clear@host/v1")
+    monkeypatch.setenv("ROUTE", "tenant-8f3e2c91")
+    cfg = load(None, {"vlm_base_url": "${VLM_URL}"})
+    assert cfg.vlm_base_url == "${VLM_URL}" and "hunter2" not in to_yaml(cfg)
+    cfg = load(None, {"vlm_base_url": "https://host/$ROUTE/v1"})
+    assert cfg.vlm_base_url == "https://host/${ROUTE}/v1" and "tenant" not in to_yaml(cfg)
+    assert expand_secret_refs(cfg.vlm_base_url) == "https://host/tenant-8f3e2c91/v1"
+    assert "tenant-8f3e2c91" not in redact("GET https://host/tenant-8f3e2c91/v1 failed")
+    # a refused expansion elsewhere names the reference, never the value
+    monkeypatch.setenv("EPOCHS", "forty-secret-epochs")
+    with pytest.raises(ParamsError) as e:
+        load(None, {"epochs": "${EPOCHS}"})
+    assert "${EPOCHS}" in str(e.value) and "forty-secret" not in str(e.value)

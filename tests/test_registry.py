@@ -2,6 +2,8 @@
 and nowhere else, and a new entry is picked up by the parameters, their page, the stages and the notebooks with no
 other edit."""
 import ast
+import subprocess
+import sys
 import textwrap
 
 import nbformat
@@ -14,6 +16,7 @@ from vici_utils import registry, results, sweep
 from vici_utils.params import ParamsError, validate
 from vici_utils.params_doc import parameters_markdown
 from vici_utils.paths import REPO_ROOT
+from vici_utils.registry import FUSIONS, RERANKERS, VALIDATION
 from vici_utils.rerank import fusion, report, rerank
 
 REGISTRIES = {"RERANKERS": registry.RERANKERS, "BATCH_RERANKERS": registry.BATCH_RERANKERS,
@@ -174,3 +177,23 @@ def test_a_sweep_of_a_new_table_kind_validates_and_reaches_notebook_05(extended,
                           "label": v, "status": "ok", "R@1": 1.0} for v in ("a", "b")])
     table = results.build_table(rows)
     assert table.title == "Seeds against seeds" and table.rows["row"].tolist() == ["a", "b"]
+
+
+def test_params_take_their_choices_from_the_registries():
+    for key, names in (("reranker", [*RERANKERS]), ("fusion", [*FUSIONS, VALIDATION])):
+        assert [getattr(validate({key: n, "fusion": "weighted"} if key == "reranker" else {key: n}), key)
+                for n in names] == names
+        with pytest.raises(ParamsError, match=f"{key} = 'nonesuch'.*" + ".*".join(repr(n) for n in names)):
+            validate({key: "nonesuch"})
+
+
+def test_params_import_no_stage():
+    """The parameters stand on the ground floor: they read the registry, never a re-ranker, a loss or torch."""
+    code = ("import sys, vici_utils.params; "
+            "assert not [m for m in sys.modules if m.startswith(('google', 'httpx', 'torch', 'vici_utils.rerank', "
+            "'vici_utils.losses'))], sorted(sys.modules); "
+            "import vici_utils.rerank.backends, vici_utils.rerank.kreciprocal")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+    code = ("import sys, vici_utils.rerank.rerankers, vici_utils.rerank.fusion; "
+            "assert 'vici_utils.params' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

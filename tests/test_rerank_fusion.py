@@ -1,4 +1,4 @@
-"""Fusion rules (rerank/fusion.py): VLM and retrieval orders combined, on hand examples."""
+"""Fusion rules (rerank/fusion.py): the re-ranker's and the retrieval's orders combined, on hand examples."""
 import numpy as np
 import pytest
 
@@ -33,3 +33,17 @@ def test_apply_reorders_only_the_top_k():
     ranking = np.array([[5, 3, 9, 1, 0, 2, 4, 6, 7, 8]])
     out = fusion.apply(ranking, np.array([[2, 0, 1]]))
     assert out.tolist() == [[9, 5, 3, 1, 0, 2, 4, 6, 7, 8]]
+
+
+def test_fusion_rules_are_registered_with_labels():
+    """Each registered rule is a labelled score function that orders a query's top K (the labels name the rows of
+    notebook 04's tables, so two rules may not share one)."""
+    rules = fusion.FUSIONS.load_all()
+    labels = [fn.label for fn in rules.values()]
+    assert all(labels) and len(set(labels)) == len(labels), labels
+    reranker_rank = np.array([[3, 1, 2], [1, 2, 3]])
+    for name in rules:
+        order = fusion.fuse(reranker_rank, name)
+        assert sorted(order[0]) == [0, 1, 2] and list(order[1]) == [0, 1, 2], name  # agreement keeps the order
+    with pytest.raises(ValueError, match=r"fusion 'nonesuch' is not registered.*'weighted'"):
+        fusion.fuse(reranker_rank, "nonesuch")

@@ -463,3 +463,18 @@ def test_a_run_folder_written_before_the_renames_is_reused_and_reads_the_same(ou
         assert results.read_run_folder(folder) == today
     assert today["param.reranker"] == "verifier" and today["rerank.headline"] == "reranker"
     assert today["rerank.reranked_by"] == "verifier" and "rerank.reranker.R@1" in today
+
+
+def test_ctrl_c_during_a_sweep_is_one_line(outputs, tmp_path, monkeypatch, capsys):
+    """Issue 12 (8): Ctrl-C during a sweep."""
+    from vici_utils import runner, sweep
+
+    def interrupted(*args, **kwargs):
+        raise runner.RunInterrupted("Interrupted during 02_finetune.ipynb.")
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    (tmp_path / "s.yaml").write_text(f"sweep: s\nbase: {REPO_ROOT / 'params/default.yaml'}\nvariants: [{{name: a}}]\n")
+    assert sweep.main([str(tmp_path / "s.yaml")]) == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "Sweep 's' interrupted" in err[0] and "results.csv" in err[0]
+    assert "run the same command again to resume" in err[0]

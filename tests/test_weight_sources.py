@@ -13,7 +13,6 @@ from timm.data import create_transform, resolve_data_config
 from vici_utils import weight_sources as W
 from vici_utils.checkpoints import WeightsError
 from vici_utils.models import TwoTower, create_backbone
-from vici_utils.params import absolutize, validate
 
 DATA = Path(__file__).parent / "data"
 LITE0 = "tf_efficientnet_lite0"
@@ -80,11 +79,6 @@ def test_two_tower_from_package(packaged_state):
     assert m.data_config["mean"] == (0.5, 0.5, 0.5) and m.data_config["input_size"] == (3, 64, 64)
     s, g = m(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
     assert s.shape == g.shape == (2, 32)
-
-
-def test_pretrained_package_is_a_parameter_value_not_a_path():
-    cfg = absolutize(validate({"backbone": LITE0, "pretrained": "package"}))
-    assert cfg.pretrained == "package"
 
 
 @pytest.mark.parametrize("name,hint", [("efficientnet_lite0", "use backbone tf_efficientnet_lite0"),

@@ -1,14 +1,18 @@
-"""rerank offline (none, kreciprocal): the files it writes, what may and may not change, and notebook 04."""
+"""The stage, rerank.stage.rerank: the files it writes, what may and may not change, and notebook 04 (offline: none,
+kreciprocal); and against loopback servers, what a run of bad answers or a failed set-up leaves (issue 12)."""
 import json
+import logging
 
 import numpy as np
 import pytest
 
+from tests.conftest import VLM_KEY as KEY
 from tests.fake_vlm_servers import write_tiny_run
 from tests.notebooks import execute
+from tests.rerank_runs import RESULTS, config, rerank, rerank_dir, snapshot
 from vici_utils import answers, metrics
 from vici_utils.params import ParamsError, validate
-from vici_utils.rerank import fusion, load_features, rerank
+from vici_utils.rerank import fusion, load_features, stage
 from vici_utils.rerank.rerankers import RERANKERS, Reranked, RerankError, outcomes_from_orders
 
 
@@ -24,7 +28,7 @@ def retrieval_top10(npz):
 
 def test_none_passes_the_retrieval_order_through(outputs):
     npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
-    m = rerank(cfg(reranker="none"), show_progress=False).metrics
+    m = stage.rerank(cfg(reranker="none"), show_progress=False).metrics
     for rule in ("weighted", "reranker", "rrf"):
         assert {k: m[rule][k] for k in metrics.METRICS} == {k: m["retrieval"][k] for k in metrics.METRICS}
     out = outputs / "t" / "rerank"
@@ -34,7 +38,7 @@ def test_none_passes_the_retrieval_order_through(outputs):
 
 def test_kreciprocal_rewrites_the_order_within_the_top_10_only(outputs):
     npz = write_tiny_run(outputs, "t", buildings=12, queries_per_building=3, distractors=4)
-    result = rerank(cfg(), show_progress=False)  # the defaults: kreciprocal, top 10, weighted
+    result = stage.rerank(cfg(), show_progress=False)  # the defaults: kreciprocal, top 10, weighted
     out = outputs / "t" / "rerank"
     m = json.loads((out / "metrics.json").read_text())
     assert m["reranked_by"] == "kreciprocal" and m["headline"] == "weighted" and m["top_k"] == 10
@@ -59,7 +63,7 @@ def test_kreciprocal_rewrites_the_order_within_the_top_10_only(outputs):
 
 def test_a_prefix_of_queries_is_reranked_and_every_query_answered(outputs):
     npz = write_tiny_run(outputs, "t", buildings=10, queries_per_building=2)
-    result = rerank(cfg(vlm_max_queries=5, rerank_top_k=4, fusion="reranker"), show_progress=False)
+    result = stage.rerank(cfg(vlm_max_queries=5, rerank_top_k=4, fusion="reranker"), show_progress=False)
     out = outputs / "t" / "rerank"
     assert result.metrics["retrieval"]["n_query"] == 5 and result.metrics["queries_total"] == 20
     fused = answers.read_answer_txt(out / "answer_fused.txt")
@@ -71,13 +75,13 @@ def test_a_prefix_of_queries_is_reranked_and_every_query_answered(outputs):
 
 def test_missing_or_incomplete_features_are_named(outputs):
     with pytest.raises(FileNotFoundError, match=r"features.npz.*03_retrieval"):
-        rerank(cfg(), show_progress=False)
+        stage.rerank(cfg(), show_progress=False)
     npz = write_tiny_run(outputs, "t")
     f = dict(np.load(npz))
     del f["gallery_paths"]
     np.savez(npz, **f)
     with pytest.raises(ValueError, match=r"missing arrays \['gallery_paths'\]"):
-        rerank(cfg(), show_progress=False)
+        stage.rerank(cfg(), show_progress=False)
 
 
 def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
@@ -137,13 +141,13 @@ def _with_validation(outputs, test_seed: int = 0):
 
 @pytest.mark.parametrize("reranker, expected", [("oracle", "reranker"), ("reverse_oracle", None)])
 def test_fusion_validation_reports_the_rule_best_on_the_held_out_buildings(outputs, monkeypatch, reranker, expected):
-    monkeypatch.setitem(RERANKERS, "oracle", "tests.test_rerank_run:OracleReranker")
-    monkeypatch.setitem(RERANKERS, "reverse_oracle", "tests.test_rerank_run:ReverseOracleReranker")
+    monkeypatch.setitem(RERANKERS, "oracle", "tests.test_rerank_stage:OracleReranker")
+    monkeypatch.setitem(RERANKERS, "reverse_oracle", "tests.test_rerank_stage:ReverseOracleReranker")
     chosen = []
     for test_seed in (0, 1):  # other test data, same validation data: the same choice
         _with_validation(outputs, test_seed)
         cfg = validate({"run_name": "t", "fusion": "validation"}).model_copy(update={"reranker": reranker})
-        m = rerank(cfg, show_progress=False).metrics
+        m = stage.rerank(cfg, show_progress=False).metrics
         chosen.append(m["fusion_chosen"])
         val = m["fusion_chosen"]["validation"]
         assert m["fusion_chosen"]["on"] == "validation" and m["fusion_chosen"]["queries"] == 24
@@ -162,9 +166,73 @@ def test_fusion_validation_reports_the_rule_best_on_the_held_out_buildings(outpu
 def test_fusion_validation_without_validation_features_says_what_to_run(outputs):
     write_tiny_run(outputs, "t", buildings=6, queries_per_building=1)
     with pytest.raises(RerankError, match=r"val_features.npz: no validation features.*notebook 03"):
-        rerank(validate({"run_name": "t", "fusion": "validation"}), show_progress=False)
+        stage.rerank(validate({"run_name": "t", "fusion": "validation"}), show_progress=False)
     assert not (outputs / "t" / "rerank").exists(), "checked before any work"
     with pytest.raises(ParamsError, match="val_fraction is 0"):
         validate({"fusion": "validation", "val_fraction": 0})
     with pytest.raises(ParamsError, match="vlm_mode: batch .* cannot choose the fusion rule"):
         validate({"fusion": "validation", "vlm_mode": "batch"})
+
+
+@pytest.mark.parametrize("backend", ["gemini", "openai"])
+def test_a_run_of_unusable_answers_fails_and_a_fixed_rerun_asks_again(tiny, server, backend):
+    """Issue 12 (2): a run of unusable answers fails; a fixed rerun asks again."""
+    server.always = "empty"  # 200, finish STOP, no text: every answer unusable
+    with pytest.raises(RerankError, match=r"4 of 4 re-ranked queries .*empty: 4.*vlm_max_fallback_share") as e:
+        rerank(config(backend, server.url, vlm_stop_after_unusable=100))  # the share rule, not the early stop
+    assert "failed" in str(e.value)
+    out = rerank_dir(tiny)
+    assert not (out / "metrics.json").exists() and not (out / "answer_fused.txt").exists()
+    failed = [json.loads(x) for x in (out / "failed" / "reasons.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in failed] == ["fallback"] * 4  # kept apart, for inspection
+    stored = [json.loads(x) for x in (out / "cache.jsonl").read_text().splitlines()]
+    assert len(stored) == 12 and not any(x["ok"] for x in stored)  # 3 tries each, kept for the record
+
+    server.always, sent = None, len(server.seen)  # the server is fixed: the same requests are asked again
+    m = rerank(config(backend, server.url)).metrics
+    assert len(server.seen) == sent + 4 and m["counts"]["ok"] == 4 and m["counts"]["sent"] == 4
+    assert (out / "metrics.json").is_file() and not (out / "failed").exists()
+
+
+def test_fallbacks_within_the_accepted_share_only_warn(tiny, server, caplog):
+    """Issue 12 (2): fallbacks within vlm_max_fallback_share only warn."""
+    server.always = "duplicates"
+    with caplog.at_level(logging.WARNING, logger="vici_utils.rerank"):
+        m = rerank(config("gemini", server.url, vlm_max_fallback_share=1.0, vlm_stop_after_unusable=100)).metrics
+    assert m["counts"]["fallback"] == 4 and m["fallback_reasons"] == {"bad_ranking": 4}
+    assert any("4 of 4 re-ranked queries" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    assert (rerank_dir(tiny) / "answer_fused.txt").is_file()
+
+
+def test_a_failed_setup_leaves_finished_results_byte_identical(tiny, server, monkeypatch):
+    """Issue 12 (6): a failed set-up leaves finished results alone."""
+    rerank(config("gemini", server.url))
+    before, sent = snapshot(tiny), len(server.seen)
+
+    monkeypatch.delenv("GEMINI_API_KEY")
+    with pytest.raises(RerankError, match="GEMINI_API_KEY or GOOGLE_API_KEY"):
+        rerank(config("gemini", server.url, vlm_model="other"))
+    assert snapshot(tiny) == before
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+
+    with pytest.raises(RerankError, match="vlm_base_url 'ftp://example.org' is not an http"):
+        rerank(config("gemini", "ftp://example.org"))
+    (tiny / "t_images" / "sat0001.jpg").unlink()
+    with pytest.raises(RerankError, match=r"1 image\(s\) .* missing, e.g. .*sat0001.jpg"):
+        rerank(config("gemini", server.url, vlm_model="other"))
+    (tiny / "t" / "retrieval" / "features.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="features.npz"):
+        rerank(config("gemini", server.url, vlm_model="other"))
+    assert snapshot(tiny) == before and len(server.seen) == sent  # nothing asked, nothing replaced
+    assert not list(rerank_dir(tiny).glob(".staging-*"))
+
+
+def test_results_are_replaced_whole_by_a_complete_run(tiny, server):
+    """Issue 12 (6): results are replaced whole by a complete run."""
+    rerank(config("gemini", server.url))
+    before = snapshot(tiny)
+    rerank(config("gemini", server.url, rerank_top_k=3))
+    after = snapshot(tiny)
+    assert all(after[name] != before[name] for name in ("reasons.jsonl", "metrics.json"))
+    assert json.loads(after["metrics.json"])["top_k"] == 3
+    assert sorted(p.name for p in rerank_dir(tiny).iterdir()) == sorted(RESULTS)
