@@ -146,7 +146,7 @@ def test_new_entries_are_parameters_and_listed_on_the_parameters_page(extended):
                 "| `swap` | the first two candidates swapped (a test re-ranker) | `my_extension:SwapTopTwo` |",
                 "| `seeds` | Seeds against seeds | `my_extension:seed_rows` |"):
         assert row in page
-    assert "| weighted \\| reranker \\| rrf \\| best_of_both \\| validation |" in page  # the fusion key's allowed values
+    assert "| weighted \\| reranker \\| rrf \\| best_of_both \\| validation |" in page  # fusion: allowed values
 
 
 def test_a_new_rule_and_reranker_run_and_reach_notebook_04(extended, outputs):

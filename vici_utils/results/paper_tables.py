@@ -102,15 +102,15 @@ def _has(variant: pd.Series, col: str) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def _rerank_label(r: pd.Series, fusion: str, with_backend: bool = True) -> str:
-    """'<label> + <backend [model]> re-rank (<fusion>[, first N queries])'; vlms tables label by variant only."""
-    backend = r.get("rerank.reranked_by") or r.get("param.reranker") or "re-rank"
+def _rerank_label(r: pd.Series, fusion: str, with_reranker: bool = True) -> str:
+    """'<label> + <re-ranker [model]> re-rank (<fusion>[, first N queries])'; vlms tables label by variant only."""
+    reranker = r.get("rerank.reranked_by") or r.get("param.reranker") or "re-rank"
     model = r.get("rerank.model")
-    what = f"{backend} {model}" if isinstance(model, str) and model and sees_order(backend) else backend  # a VLM's id
+    what = f"{reranker} {model}" if isinstance(model, str) and model and sees_order(reranker) else reranker  # a VLM's id
     subset = ""
     if _has(r, "rerank.retrieval.n_query") and _has(r, "n_query") and r["rerank.retrieval.n_query"] < r["n_query"]:
         subset = f", first {int(r['rerank.retrieval.n_query'])} queries"
-    return f"{r['label']} + {what} re-rank ({fusion}{subset})" if with_backend else f"{r['label']} ({fusion}{subset})"
+    return f"{r['label']} + {what} re-rank ({fusion}{subset})" if with_reranker else f"{r['label']} ({fusion}{subset})"
 
 
 # --- the kinds of table -----------------------------------------------------------------------------------------
