@@ -69,7 +69,7 @@ FUSIONS = Registry("fusion", {
 RERANKER_ONLY = "reranker"  # the rule that keeps the re-ranker's order alone: rerank/answer_reranker.txt
 VALIDATION = "validation"  # the other `fusion` value (its default): the rule best on the validation buildings
 
-# loss: a function (street, satellite, 1/T) -> scalar tensor, @labelled '<name>: what it does' 
+# loss: a function (street, satellite, 1/T) -> scalar tensor, @labelled '<name>: what it does'
 LOSSES = Registry("loss", {
     "infonce": "vici_utils.losses:info_nce",
     "ntxent": "vici_utils.losses:nt_xent",
