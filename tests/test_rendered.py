@@ -40,10 +40,6 @@ def test_the_command_line_renders_the_notebooks_it_is_given(tmp_path, capsys):
     assert str(tmp_path / "out" / "01_a.html") in capsys.readouterr().out
 
 
-# The committed copy is of older notebook code: the default run (48 epochs) takes about 45 minutes on a CPU without
-# bf16 units, which did not fit the session that changed the notebooks. strict: once `make docs` has made the copy
-# from HEAD's notebooks this test passes, the xfail fails the suite, and this marker is to be removed.
-@pytest.mark.xfail(strict=True, reason="docs/rendered/ is from older notebooks until `make docs` runs (issue 21)")
 def test_rendered_copy_was_made_from_the_notebooks_at_head():
     """docs/rendered/ must show the notebooks as they are: sources.json records a hash of each notebook source that
     made the pages (written by `make docs`, i.e. `python -m vici_utils headline`)."""

@@ -94,12 +94,13 @@ def measure(params: str, sets: list[str], outputs: Path, only: Optional[str] = N
 def paragraph(r: dict) -> str:
     """The README's headline paragraph for a measured run."""
     m0, m1 = r["machine before"], r["machine after"]
-    bf16 = ("bf16 autocast on" if "none" not in m0["bf16 units"] else "no bf16 units, so fp32")
+    units = m0["bf16 units"]
+    bf16 = f"{units}: bf16 autocast on" if "none" not in units else "no bf16 units, so fp32"
     what = f"`{r['params']}`" + "".join(f" `--set {s}`" for s in r["sets"])
     parts = ", ".join(f"notebook {name[:2]} {s:.0f} s" for name, s, _ in r["notebooks"])
     text = (f"Measured by `python -m vici_utils headline` on {r['date']} (code version {r['code']}): the workbook "
             f"on {what}, from an empty outputs folder, took **{r['wall_s']:.0f} s** on {m0['cores']} cores of an "
-            f"{m0['cpu']} ({m0['bf16 units']}: {bf16}), load average {m0['load average (1, 5, 15 min)'].split()[0]} "
+            f"{m0['cpu']} ({bf16}), load average {m0['load average (1, 5, 15 min)'].split()[0]} "
             f"before and {m1['load average (1, 5, 15 min)'].split()[0]} after ({parts}")
     text += f"; training {r['training_s']:.0f} s)." if r["training_s"] is not None else ")."
     m = r["metrics"]
