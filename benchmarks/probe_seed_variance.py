@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_workbook import machine  # noqa: E402
+from vici_utils.headline import machine  # noqa: E402
 from vici_utils.checkpoints import read_checkpoint  # noqa: E402
 from vici_utils.device import resolve_device  # noqa: E402
 from vici_utils.models import model_from_checkpoint  # noqa: E402

@@ -125,3 +125,9 @@ def test_sentences_carry_facts_whose_sources_name_the_run_files():
     assert both.facts["test"].source == "retrieval/metrics.json:R@1" and both.facts["xt"].source.startswith("=")
     assert narrative.test_task(541, 150, 200, 50).endswith("chance R@1 = 0.50 %")
     assert narrative.validation_chance(40).startswith("The validation gallery holds only 40 tiles, so chance R@10 there is 25 %")
+
+
+def test_training_story_says_which_epoch_best_pt_keeps_after_a_peak():
+    peaked = _log([10.0, 30.0, 20.0])
+    assert "best.pt keeps the peak" in narrative.training_story(peaked, "best")
+    assert "best.pt keeps the last epoch" in narrative.training_story(peaked, "last")

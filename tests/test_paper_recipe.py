@@ -109,7 +109,7 @@ def test_torchrun_recipe_then_evaluation(tmp_path, u1652_root, dino_weights, gem
     torchrun = Path(sys.executable).with_name("torchrun")
     out = cli([str(torchrun), "--nproc_per_node", "2", "-m", "vici_utils.train", "params/paper.yaml", "--set", *shrunk],
               outputs, u1652_root)
-    assert "best epoch 1 on test" in out
+    assert "kept epoch 1 (best) on test" in out
     cli([sys.executable, "-m", "vici_utils", "run", "params/paper.yaml", *sets(shrunk), "--only", "03,04"],
         outputs, u1652_root)
     m = manifest(outputs / "ddp")

@@ -479,3 +479,14 @@ def test_ctrl_c_during_a_sweep_is_one_line(outputs, tmp_path, monkeypatch, capsy
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "Sweep 's' interrupted" in err[0] and "results.csv" in err[0]
     assert "run the same command again to resume" in err[0]
+
+
+def test_a_run_stored_before_select_epoch_counts_as_keeping_its_best_epoch():
+    """Issue 19: select_epoch came with a new default (last); a stored run without the key kept its best epoch, so
+    it is not today's default run (a sweep retrains or re-selects it) but still the run of select_epoch: best."""
+    cfg = Params()
+    stored = cfg.model_dump()
+    del stored["select_epoch"]
+    manifest = {"status": "ok", "params": stored, "notebooks": [{"name": "02_finetune.ipynb", "status": "ok"}]}
+    assert not sweep.finished(manifest, cfg, ["02_finetune.ipynb"])
+    assert sweep.finished(manifest, cfg.model_copy(update={"select_epoch": "best"}), ["02_finetune.ipynb"])

@@ -84,13 +84,53 @@ def test_select_on_test_is_recorded(tiny_cfg):
     assert r.eval_set == "test" and (r.log["eval_set"] == "test").all() and not math.isnan(r.log["R@1"].iloc[0])
 
 
+def test_the_last_epoch_is_kept_by_default_and_select_epoch_best_keeps_the_best_check(tiny_cfg):
+    """Issue 19: the epoch chosen on a few dozen held-out buildings was partly noise, so the default keeps the last
+    epoch; which epoch is kept changes no step of training."""
+    from vici_utils.run_folder import run_dir
+
+    last = train(tiny_cfg.model_copy(update={"run_name": "keep_last", "epochs": 4, "val_every": 1}), progress=False)
+    best = train(tiny_cfg.model_copy(update={"run_name": "keep_best", "epochs": 4, "val_every": 1,
+                                              "select_epoch": "best"}), progress=False)
+    pd.testing.assert_frame_equal(last.log.drop(columns="seconds"), best.log.drop(columns="seconds"))
+    d = run_dir("keep_last") / "train"
+    kept, final = torch.load(d / "best.pt"), torch.load(d / "last.pt")
+    assert last.best_epoch == kept["epoch"] == 4 and all(torch.equal(kept["model"][k], v)
+                                                           for k, v in final["model"].items())
+    assert last.best == {k: last.log[k].iloc[-1] for k in last.best}
+    checked = best.log.dropna(subset=["R@1"])
+    assert best.best_epoch == int(checked.loc[checked["R@1"].idxmax(), "epoch"])
+    assert torch.load(run_dir("keep_best") / "train/best.pt")["epoch"] == best.best_epoch
+
+
+def test_a_finished_run_that_kept_its_best_epoch_keeps_its_last_without_training(tiny_cfg):
+    """Issue 19: runs stored before select_epoch existed kept their best epoch; asked for the last epoch, they are
+    re-selected from last.pt (saved at the final epoch), not trained again. The other way is refused: the best
+    epoch's weights are gone once best.pt holds the last."""
+    from vici_utils.run_folder import run_dir
+
+    old = tiny_cfg.model_copy(update={"run_name": "legacy", "epochs": 4, "val_every": 1, "select_epoch": "best"})
+    first = train(old, progress=False)
+    d = run_dir("legacy") / "train"
+    stored = yaml.safe_load((d / "config.yaml").read_text())
+    del stored["select_epoch"]                      # as written before the key existed
+    (d / "config.yaml").write_text(yaml.safe_dump(stored))
+    again = train(old.model_copy(update={"select_epoch": "last"}), progress=False)
+    assert again.epochs_now == 0 and again.best_epoch == 4 and again.log.equals(first.log)
+    kept, final = torch.load(d / "best.pt"), torch.load(d / "last.pt")
+    assert kept["epoch"] == 4 and all(torch.equal(kept["model"][k], v) for k, v in final["model"].items())
+    assert yaml.safe_load((d / "config.yaml").read_text())["select_epoch"] == "last"
+    with pytest.raises(TrainConfigError, match=r"select_epoch \('last' -> 'best'\)"):
+        train(old, progress=False)
+
+
 def test_a_stop_between_the_two_saves_keeps_the_resume_point(tiny_cfg, monkeypatch):
     """Issue 22.13: best.pt was saved before last.pt, so a Ctrl-C between them lost the resume point. last.pt is
     saved first now, and resuming redoes the best.pt save the stop cut."""
     import vici_utils.train as train_module
     from vici_utils.run_folder import run_dir
 
-    cfg = tiny_cfg.model_copy(update={"run_name": "cut_save"})
+    cfg = tiny_cfg.model_copy(update={"run_name": "cut_save", "select_epoch": "best"})  # best.pt saved mid-run
     save = train_module._save_atomic
 
     def stop_at_best(obj, path):

@@ -82,9 +82,9 @@ LOG = "train/train_log.csv"
 METRICS = "retrieval/metrics.json"
 
 
-def training_story(log: pd.DataFrame) -> Sentence:
+def training_story(log: pd.DataFrame, select_epoch: str = "last") -> Sentence:
     """What the training curves show: where the loss went, how recall on the checked set moved, where it peaked,
-    and where the learned temperature went. `log`: the run's train/train_log.csv."""
+    and where the learned temperature went. `log`: the run's train/train_log.csv; select_epoch: the run's."""
     if log.empty:
         return Sentence("No training in this run (epochs: 0): the model is evaluated as it was loaded.")
     e0, e1 = int(log["epoch"].iloc[0]), int(log["epoch"].iloc[-1])
@@ -115,7 +115,10 @@ def training_story(log: pd.DataFrame) -> Sentence:
             parts.append("; the best epoch was the last, so more epochs might still help.")
         elif r1[-1] < r1.max() - 1.0:
             parts.append(Sentence("; it fell {fall} points after its peak while the loss kept falling: the model "
-                                  "began to memorise its training buildings (best.pt keeps the peak).",
+                                  "began to memorise its training buildings, or the few held-out buildings "
+                                  + ("vary by chance (best.pt keeps the peak)." if select_epoch == "best" else
+                                     "vary by chance (best.pt keeps the last epoch; select_epoch: best would keep "
+                                     "the peak)."),
                                   fall=Fact(r1.max() - r1[-1], ".1f", "= r_best - r_last")))
         else:
             parts.append("; it levelled off near its peak.")

@@ -48,7 +48,7 @@ def describe_model(cfg) -> str:
                "package": "ImageNet weights from a pip package", "file": f"weights {Path(str(cfg.pretrained)).name}",
                "scratch": "from scratch"}[kind]
     towers = "shared tower" if cfg.shared_towers else "two towers"
-    chosen = ", epoch chosen on TEST" if cfg.epochs and cfg.select_on == "test" else ""
+    chosen = ", epoch chosen on TEST" if cfg.epochs and cfg.select_on == "test" and cfg.select_epoch == "best" else ""
     return f"{cfg.backbone} ({weights}, {towers}, {cfg.image_size or 'native'} px, drone P={cfg.drone_rate:g}{chosen})"
 
 
@@ -56,6 +56,9 @@ def describe_selection(cfg) -> str:
     """Which epoch's weights a run evaluates, and so how far its test numbers can be trusted."""
     if not cfg.epochs:
         return "no training in this run"
+    if cfg.select_epoch == "last":
+        scored = "the TEST set is" if cfg.select_on == "test" else "the held-out buildings are"
+        return f"the last epoch (select_epoch: last; {scored} scored for the curve, never to choose)"
     if cfg.select_on == "test":
         return "the epoch with the best test R@1 (VICI's protocol: the test set chose it, so test numbers are optimistic)"
     if not cfg.val_fraction:

@@ -30,7 +30,7 @@ MANIFEST = "run.json"      # the runner's record of a run: parameters, code, dev
 PARAMS = "params.yaml"     # the run's resolved parameters: every notebook of the run reads them
 TRAIN, RETRIEVAL, RERANK = "train", "retrieval", "rerank"
 # train/
-BEST, LAST = "best.pt", "last.pt"          # the selected epoch's model; everything needed to resume
+BEST, LAST = "best.pt", "last.pt"          # the kept epoch's model; everything needed to resume
 TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT = "config.yaml", "train_log.csv", "result.json"
 # retrieval/ (challenge/ holds its own answer.txt, answer.zip and features.npz)
 FEATURES, METRICS, ANSWER, TOPK, CHALLENGE = "features.npz", "metrics.json", "answer.txt", "topk.csv", "challenge"
@@ -100,7 +100,7 @@ def stage_dir(run_name: str, stage: str) -> Path:
 
 
 def trained_checkpoint(train_dir: Path) -> Optional[Path]:
-    """The checkpoint a run evaluates: best.pt (the selected epoch), else last.pt (an unfinished run), else None."""
+    """The checkpoint a run evaluates: best.pt (the kept epoch), else last.pt (an unfinished run), else None."""
     return next((Path(train_dir) / name for name in CHECKPOINTS if (Path(train_dir) / name).is_file()), None)
 
 

@@ -41,8 +41,8 @@ from typing import Annotated, Any, Callable, Optional
 import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, parse_set, read_params_file,
-                     read_yaml, upgrade, validate)
+from .params import (RERANK_KEYS, TRAIN_KEYS, Params, ParamsError, absolutize, as_stored, parse_set,
+                     read_params_file, read_yaml, upgrade, validate)
 from .paths import outputs_root
 from .registry import OWN_TABLE, TABLE_KINDS
 from .results.paper_tables import kind_of
@@ -274,7 +274,7 @@ def finished(manifest: Optional[dict], params: Params, notebooks: list[str]) -> 
     if not manifest or manifest.get("status") != "ok":
         return False
     ignore = () if "04_rerank.ipynb" in notebooks else RERANK_KEYS  # re-ranking keys matter to notebook 04 only
-    if _comparable(upgrade(manifest.get("params", {})), ignore) != _comparable(params.model_dump(), ignore):
+    if _comparable(as_stored(upgrade(manifest.get("params", {}))), ignore) != _comparable(params.model_dump(), ignore):
         return False
     ok = {n["name"] for n in manifest.get("notebooks", []) if n.get("status") == "ok"}
     return set(notebooks) <= ok

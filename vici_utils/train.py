@@ -3,8 +3,8 @@
     train(cfg) -> TrainResult                                   (from a notebook)
     torchrun --nproc_per_node N -m vici_utils.train params/X.yaml [--set key=value ...]
 
-Writes outputs/<run>/train/: last.pt (everything needed to resume), best.pt (model at the best
-validation R@1), train_log.csv (one row per epoch), config.yaml (the resolved parameters) and
+Writes outputs/<run>/train/: last.pt (everything needed to resume), best.pt (the kept epoch's model: the last,
+or the best validation R@1 under select_epoch: best), train_log.csv (one row per epoch), config.yaml (the resolved parameters) and
 result.json (written when training completes; a rerun then returns at once).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .device import autocast, data_workers, resolve_device, resolve_precision, t
 from .losses import ContrastiveLoss
 from .metrics import METRICS
 from .models import TOWERS, build_model
-from .params import Params, config_differences, from_command_line, read_yaml, to_yaml
+from .params import TRAIN_KEYS, Params, as_stored, config_differences, from_command_line, read_yaml, to_yaml
 from .transforms import model_transforms
 from .u1652 import VIEWS, open_dataset
 from .run_folder import BEST, LAST, TRAIN, TRAIN_CONFIG, TRAIN_LOG, TRAIN_RESULT, read_json, stage_dir, write_atomic
@@ -159,7 +159,9 @@ def stored_result(train_dir: Path) -> Optional[TrainResult]:
 
 
 def _check_stored_config(stored: dict, cfg: Params, where: Path) -> None:
-    diff = config_differences(stored, cfg)
+    # which epoch is kept changes no step of training: a run that kept its best epoch can keep its last instead
+    keys = [k for k in TRAIN_KEYS if not (k == "select_epoch" and cfg.select_epoch == "last")]
+    diff = config_differences(stored, cfg, keys)
     if diff:
         raise TrainConfigError(f"{where} was trained with other parameters: {', '.join(diff)}. "
                                "Use another run_name, or resume: false to train this run again from scratch.")
@@ -181,6 +183,21 @@ def train_step(fwd, loss_fn, opt, street: torch.Tensor, tile: torch.Tensor, devi
     return loss
 
 
+def _keep_last_epoch(train_dir: Path, cfg: Params) -> TrainResult:
+    """A finished run that kept its best epoch, now asked for its last: best.pt, result.json and config.yaml are
+    rewritten from last.pt (saved at the final epoch with everything in it), without training a step."""
+    last = read_checkpoint(train_dir / LAST, "resume checkpoint")
+    log = read_log(train_dir)
+    final = log[log["epoch"] == cfg.epochs].iloc[-1]
+    metrics = {k: float(final[k]) for k in METRICS}
+    _save_atomic({k: last[k] for k in ("format", "model_config", "epoch", "model")}
+                 | {"config": cfg.model_dump(), "eval_set": cfg.select_on, "metrics": metrics}, train_dir / BEST)
+    r = json.loads((train_dir / TRAIN_RESULT).read_text())
+    write_atomic(train_dir / TRAIN_RESULT, json.dumps(r | {"best_epoch": cfg.epochs, "best": metrics}, indent=1))
+    write_atomic(train_dir / TRAIN_CONFIG, to_yaml(cfg))
+    return stored_result(train_dir)
+
+
 def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = None) -> TrainResult:
     """Train (or resume, or return the stored result of) the run `cfg.run_name`.
 
@@ -197,7 +214,10 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
     if cfg.resume:
         done = stored_result(train_dir)
         if done is not None and last_path.is_file():
-            _check_stored_config(read_yaml(train_dir / TRAIN_CONFIG), cfg, train_dir)
+            stored = read_yaml(train_dir / TRAIN_CONFIG)
+            _check_stored_config(stored, cfg, train_dir)
+            if as_stored(stored)["select_epoch"] != cfg.select_epoch and rank == 0:
+                done = _keep_last_epoch(train_dir, cfg)
             return done
     ckpt = None
     if cfg.resume and last_path.is_file():
@@ -286,10 +306,11 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
                "drone_rate": totals[1].item() / max(totals[2].item(), 1), "eval_set": eval_set,
                **{k: float("nan") for k in METRICS}}
         validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-        improved = False
+        keep = epoch + 1 == cfg.epochs  # select_epoch: last, or nothing to choose with
         if main and selection_set is not None and validate:
             row.update(evaluate_model(model, selection_set, cfg, device))
-            improved = best["epoch"] is None or row["R@1"] > best["metrics"]["R@1"]
+            if cfg.select_epoch == "best":
+                keep = best["epoch"] is None or row["R@1"] > best["metrics"]["R@1"]
         seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         row["seconds"] = round(seconds, 2)
@@ -300,7 +321,7 @@ def train(cfg: Params, progress: bool = True, stop_after_epoch: Optional[int] = 
             header = {"format": CHECKPOINT_FORMAT, "model_config": model.config, "config": cfg.model_dump(),
                      "epoch": epoch + 1}
             # last.pt first: a stop between the two saves keeps the resume point, and resuming redoes best.pt
-            if improved or (selection_set is None and epoch + 1 == cfg.epochs):  # no validation: the last is the best
+            if keep:
                 best = {"epoch": epoch + 1, "metrics": {k: row[k] for k in METRICS}}
             if validate or epoch + 1 == end_epoch:  # not every epoch: for DINOv2-L, weights + AdamW state are ~7 GB a save
                 _save_atomic({**header, "model": model.state_dict(), "loss": loss_fn.state_dict(),
@@ -333,7 +354,8 @@ def main(argv=None) -> None:
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         best = ", ".join(f"{k} {v:.2f}" for k, v in r.best.items())
-        print(f"{r.train_dir}: best epoch {r.best_epoch} on {r.eval_set} ({best}); {r.seconds:.0f} s of training")
+        print(f"{r.train_dir}: kept epoch {r.best_epoch} ({cfg.select_epoch}) on {r.eval_set} ({best}); "
+              f"{r.seconds:.0f} s of training")
 
 
 if __name__ == "__main__":

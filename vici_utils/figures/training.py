@@ -111,10 +111,12 @@ def _eval_name(which: str) -> str:
     return "held-out train buildings" if which == "val" else "TEST set (select_on: test)"
 
 
-def _selected(log):
-    """The checked epoch with the best R@1 (the first one on ties): the epoch best.pt holds."""
+def kept_row(log, cfg):
+    """The checked epoch best.pt holds: the last (select_epoch: last), else the best R@1 (the first on ties)."""
     val = log.dropna(subset=["R@1"])
-    return val.loc[val["R@1"].idxmax()] if len(val) else None
+    if not len(val):
+        return None
+    return val.iloc[-1] if cfg.select_epoch == "last" else val.loc[val["R@1"].idxmax()]
 
 
 def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = None):
@@ -135,10 +137,10 @@ def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = No
         if val_gallery:
             kk = int(k[2:])
             bx.axhline(100 * min(kk, val_gallery) / val_gallery, color=c, ls=":", lw=1.2)
-    best = _selected(log)
+    best = kept_row(log, cfg)
     if best is not None:
         bx.axvline(best["epoch"], color="0.5", ls="--", lw=1,
-                   label=f"best R@1: {best['R@1']:.1f} at epoch {int(best['epoch'])}")
+                   label=f"kept ({cfg.select_epoch} epoch): R@1 {best['R@1']:.1f} at epoch {int(best['epoch'])}")
     bx.set_xlim(ax.get_xlim())   # the same epochs as the loss panel, even with a single check
     bx.set_xlabel("epoch")
     bx.set_ylabel("%")
@@ -170,7 +172,7 @@ def val_and_test(log, val_gallery: int, test_metrics: dict, cfg, model: str | No
     of 200 tiles a twentieth), with the test CMC as a curve when `test_metrics` holds it.
     test_metrics: notebook 03's metrics (R@1, R@5, R@10, n_gallery; optionally cmc). model: the stamp's model
     line (notebook 03: the retrieval result's, which names the evaluated weights)."""
-    best = _selected(log)
+    best = kept_row(log, cfg)
     n_test = int(test_metrics["n_gallery"])
     ks = [int(k[2:]) for k in RECALL_COLOURS]
     sets = []

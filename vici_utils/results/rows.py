@@ -19,7 +19,7 @@ import pandas as pd
 from ..metrics import METRICS
 from ..run_folder import RERANK, RESULTS, RETRIEVAL, read_manifest  # RESULTS: a sweep's rows, outputs/<sweep>/
 from ..model_stats import stats
-from ..params import RENAMED, Params, upgrade
+from ..params import RENAMED, Params, as_stored, upgrade
 from ..paths import REPO_ROOT, outputs_root
 from ..provenance import describe_data, describe_model
 from ..registry import FUSIONS
@@ -128,7 +128,7 @@ def read_run_folder(folder: Path, with_model_stats: bool = False, fresh_only: bo
         err = failed[0]["error"]
         row["error"] = f"{failed[0]['name']}: {err.get('ename')}: {str(err.get('evalue'))[:200]}"
     try:
-        cfg = Params(**upgrade(manifest.get("params", {})))
+        cfg = Params(**as_stored(upgrade(manifest.get("params", {}))))
     except Exception:  # noqa: BLE001 - a manifest of an older Params: still report what we can
         cfg = None
     env = manifest.get("environment", {})
