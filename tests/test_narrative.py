@@ -46,11 +46,17 @@ def test_rerank_change_states_the_sign():
 def test_variant_difference_compares_the_difference_with_its_noise():
     runs = pd.DataFrame({"variant": ["p0"] * 5 + ["p0.3"] * 5, "seed": list(range(5)) * 2, "status": "ok",
                          "R@1": [10, 11, 9, 10, 10, 14, 15, 13, 14, 14]})
-    text = narrative.variant_difference(runs, "p0", "p0.3", "Drone mixing", "The paper reports +3.0.")
-    # Welch: se = sqrt(0.5/5 + 0.5/5), 8 degrees of freedom, t(0.975, 8) = 2.306
+    text = narrative.variant_difference(runs.drop(columns="seed"), "p0", "p0.3", "Drone mixing",
+                                        "The paper reports +3.0.")
+    # without seeds to pair, Welch: se = sqrt(0.5/5 + 0.5/5), 8 degrees of freedom, t(0.975, 8) = 2.306
     assert text.startswith("Drone mixing: +4.00 points of R@1 (14.00 against 10.00, 5 and 5 seeds; "
                            "95 % confidence interval +2.97 to +5.03")
     assert "excludes zero: a measured effect" in text and text.endswith("The paper reports +3.0.")
+    # issue 19: with the same seeds on both sides, paired by seed (seed 4 of p0.3 listed first: matched by seed)
+    shifted = runs.assign(**{"R@1": [10, 11, 9, 10, 10, 13, 15, 14, 14, 15]}).iloc[[0, 1, 2, 3, 4, 9, 5, 6, 7, 8]]
+    paired = narrative.variant_difference(shifted, "p0", "p0.3", "Drone mixing")
+    assert paired == narrative.paired_difference([10, 11, 9, 10, 10], [13, 15, 14, 14, 15], "Drone mixing")
+    assert "paired t-test over seeds" in paired
     noisy = runs.assign(**{"R@1": [10, 14, 6, 12, 8, 11, 7, 13, 9, 10]})
     assert "includes zero: no effect distinguishable" in narrative.variant_difference(noisy, "p0", "p0.3", "x")
     assert "one seed cannot tell" in narrative.variant_difference(runs.iloc[[0, 5]], "p0", "p0.3", "x")
@@ -86,6 +92,19 @@ def test_rerank_gains_are_paired_by_seed_and_judged_against_their_noise():
     one = narrative.rerank_gains(rerank_gains(_rerank_results({"once": [-1.0]}, before=(10.0,))))
     assert "its best rule (rrf) changed R@1 by -0.50 points on one seed, which cannot tell" in one
     assert narrative.rerank_gains(rerank_gains(pd.DataFrame({"variant": [], "status": []}))).startswith("No ")
+
+
+def test_runs_that_chose_different_rules_report_each_its_own():
+    """Issue 19: a sweep's runs each report the rule validation chose for them; when seeds chose different rules,
+    the reported change is each run's own rule, not the first seed's rule applied to all."""
+    from vici_utils.results import rerank_gains
+
+    runs = _rerank_results({"mixed": [3.0, 1.0, 2.0]}).assign(**{"rerank.headline": ["weighted", "rrf", "weighted", None]})
+    gains = rerank_gains(runs)
+    reported = gains[gains["reported"]]
+    assert len(reported) == 1 and reported["rule"].iloc[0] == "each run's own: weighted x2, rrf x1"
+    assert reported["change"].iloc[0] == pytest.approx((3.0 + 0.5 + 2.0) / 3)   # rrf adds half of the delta
+    assert "its reported rule (each run's own: weighted x2, rrf x1" in narrative.rerank_gains(gains)
 
 
 def test_loss_against_chance_follows_the_loss():

@@ -12,6 +12,9 @@ from vici_utils import narrative, results, sweep
 from vici_utils.paths import REPO_ROOT
 from vici_utils.results import cli as results_cli, render
 
+# docs/results/vlms.csv as recorded on 2026-11-30 (16 epochs, summary rows, the names before issue 20)
+OLD_RECORD = REPO_ROOT / "tests/data/record_2026-11-30"
+
 
 def _sweep(outputs, tmp_path, r1s, name="drone", rerank=False):
     (tmp_path / "base.yaml").write_text("epochs: 3\nworld_train_locations: 40\n")
@@ -75,15 +78,15 @@ def test_the_readme_results_section_is_generated_from_the_committed_record():
 
 def test_every_recorded_row_says_the_recipe_that_made_it():
     tables = results.recorded_tables()
-    assert {t.name for t in tables} >= {"backbones", "vlms", "drone_rate", "drone_rate_long", "ablation", "drone_views"}
+    assert {t.name for t in tables} >= {"backbones", "vlms", "drone_rate", "ablation", "drone_views"}
     for t in tables:
         ours = t.rows[t.rows["row"].fillna("") != ""]
         assert t.recorded and "epochs" in t.recipe and "seed" in t.recipe, t.name
         assert ours["epochs"].notna().all() and ours["n"].notna().all(), f"{t.name}: a row without its recipe"
     recipes = {t.name: t.recipe for t in tables}
-    assert recipes["drone_rate"] == "16 epochs (the default recipe trains 48), 5 seeds (0-4)"
-    assert recipes["drone_rate_long"] == "48 epochs (the default recipe), 3 seeds (0-2)"
-    assert recipes["vlms"].startswith("16 epochs"), "model_from rows (epochs 0) do not count as a recipe"
+    assert recipes["drone_rate"] == "48 epochs (the default recipe), 5 seeds (0-4)"
+    assert recipes["backbones"].startswith("16/40 epochs (the default recipe trains 48)")
+    assert recipes["vlms"].startswith("48 epochs"), "model_from rows (epochs 0) do not count as a recipe"
 
 
 def test_summary_rows_give_the_same_welch_interval_as_the_runs():
@@ -103,7 +106,7 @@ def test_rerank_gains_report_the_chosen_rule_and_summaries_keep_no_pairs(outputs
     text = narrative.rerank_gains(gains)
     assert "its reported rule (weighted, chosen by the fusion parameter)" in text and "after the fact" not in text
 
-    summary = results.recorded_results("vlms")
+    summary = results.recorded_results("vlms", OLD_RECORD)
     g = results.rerank_gains(summary)
     kr = g[(g["reranker"] == "kreciprocal") & g["reported"]].iloc[0]
     assert kr["change"] == pytest.approx(8.56 - 8.69) and math.isnan(kr["change std"]) and kr["seeds"] == 3
@@ -111,9 +114,9 @@ def test_rerank_gains_report_the_chosen_rule_and_summaries_keep_no_pairs(outputs
 
 
 def test_a_run_is_set_beside_the_sweep_and_a_shorter_recipe_is_named():
-    recorded = results.live_or_recorded([], results.recorded_tables(), "vlms")
+    recorded = results.live_or_recorded([], results.recorded_tables(OLD_RECORD), "vlms")
     said = results.beside_sweep("weighted", "kreciprocal", 48, recorded)
-    assert said.startswith("Over seeds, the `vlms` sweep (recorded in docs/results/vlms.csv; 16 epochs")
+    assert said.startswith("Over seeds, the `vlms` sweep (recorded in ") and "vlms.csv; 16 epochs" in said
     assert "Caution: that sweep trained 16 epochs and this run 48" in said
     assert "Same training budget" in results.beside_sweep("weighted", "kreciprocal", 16, recorded)
     assert "differently trained models" in results.beside_sweep("weighted", "kreciprocal", 1, recorded)
@@ -122,15 +125,17 @@ def test_a_run_is_set_beside_the_sweep_and_a_shorter_recipe_is_named():
     assert results.beside_sweep("weighted", "gemini", 48, recorded).startswith("No re-ranking sweep with 'gemini'")
     note = results.recipe_note(recorded)
     assert note.startswith("Recipes: vlms (recorded): 16 epochs") and "Same training budget" in note
+    today = results.live_or_recorded([], results.recorded_tables(), "vlms")   # the committed record: the default's
+    assert "Same training budget as this run" in results.beside_sweep("reranker", "kreciprocal", 48, today)
 
 
 def test_a_record_written_before_the_renames_reads_in_todays_names():
     """Issue 20 (5): docs/results/vlms.csv keeps the names it was written with (param.rerank_backend, rerank.backend,
     rerank.vlm.*, the rule 'vlm'); the one loader reads it in today's (param.reranker, rerank.reranked_by,
-    rerank.reranker.*)."""
-    raw = pd.read_csv(results.RECORDED / "vlms.csv")
+    rerank.reranker.*). The record of 2026-11-30 is kept in tests/data for this."""
+    raw = pd.read_csv(OLD_RECORD / "vlms.csv")
     assert {"param.rerank_backend", "rerank.backend", "rerank.vlm.R@1"} <= set(raw.columns)
-    rows = results.recorded_results("vlms")
+    rows = results.recorded_results("vlms", OLD_RECORD)
     assert not {"param.rerank_backend", "rerank.backend"} & set(rows.columns)
     assert not [c for c in rows.columns if c.startswith("rerank.vlm.")]
     assert rows["param.reranker"].tolist() == raw["param.rerank_backend"].tolist()

@@ -44,7 +44,7 @@ def test_notebook_05_runs_with_no_results_at_all(outputs, tmp_path):
     assert "sweeps found: none yet" in text and "no metrics under outputs/default/" in text
     assert "no finished sweep run yet" in text
     assert "paper's R@1" in text and "63.13" in text, "the paper's numbers beside the recorded rows"
-    for name in ("backbones", "vlms", "drone_rate", "drone_rate_long", "ablation", "drone_views"):
+    for name in ("backbones", "vlms", "drone_rate", "ablation", "drone_views"):
         assert f"`{name}` (recorded in docs/results/{name}.csv;" in text, f"{name}: recorded, with its recipe"
     assert "16 epochs (the default recipe trains 48)" in text and "48 epochs (the default recipe)" in text
     assert images == 3

@@ -247,10 +247,17 @@ def _difference(what: str, diff: float, lo: float, hi: float, p: float, means: t
 
 
 def variant_difference(results: pd.DataFrame, a: str, b: str, what: str, note: str = "") -> Sentence:
-    """Variant b minus variant a of one sweep, in R@1 over their seeds: the difference of the means, its 95 %
-    confidence interval (Welch) and whether the interval excludes zero. `results`: a sweep's results.csv rows
-    (columns variant, status, R@1), or a record's summary rows (one per variant: R@1, R@1_std, n)."""
+    """Variant b minus variant a of one sweep, in R@1 over their seeds, with its 95 % confidence interval and
+    whether it excludes zero: paired by seed when both variants ran the same seeds (a seed fixes the held-out
+    buildings, data order and augmentation for both), else the difference of the means (Welch). `results`: a
+    sweep's results.csv rows (columns variant, seed, status, R@1), or a record's summary rows (one per variant:
+    R@1, R@1_std, n)."""
     ok = results[results["status"] == "ok"] if "status" in results else results
+    if "seed" in ok and "variant" in ok and ("n" not in ok or ok["n"].isna().all()):
+        x, y = (ok[ok["variant"] == v].dropna(subset=["R@1"]).set_index("seed")["R@1"] for v in (a, b))
+        if len(x) > 1 and x.index.is_unique and set(x.index) == set(y.index):
+            seeds = sorted(x.index)
+            return paired_difference(x[seeds].to_numpy(), y[seeds].to_numpy(), what, note)
 
     def summary(v):  # mean, sample variance, number of seeds; a summary row (column n) already holds them
         g = ok[ok["variant"] == v] if "variant" in ok else ok.iloc[:0]

@@ -73,10 +73,14 @@ def total_run_time(root: Optional[Path] = None, paths: Optional[list[Path]] = No
     own = ok.drop_duplicates("key")
     if own.empty:
         return ""
-    minutes = pd.to_numeric(own["run_s"], errors="coerce").sum() / 60
+    # a run resumed from its stored training (say, to keep another epoch) took a minute; its training took longer
+    seconds = pd.to_numeric(own["run_s"], errors="coerce")
+    if "train_s" in own:
+        seconds = seconds.combine(pd.to_numeric(own["train_s"], errors="coerce"), max)
     devices = ", ".join(dict.fromkeys(own["device"].dropna().astype(str)))
-    return (f"All sweeps together: {len(own)} distinct runs, {minutes:.0f} min of run time in all (the sum of "
-            f"each run's wall time, world generation not included), on {devices}.")
+    return (f"All sweeps together: {len(own)} distinct runs, {seconds.sum() / 60:.0f} min of run time in all (the "
+            f"sum of each run's wall time, or of its training time when that was longer because a later run "
+            f"resumed the stored training; world generation not included), on {devices}.")
 
 
 def readme_section(tables: list[Table], cost: str = "") -> str:

@@ -233,6 +233,7 @@ def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
             continue
         g = g[g["rerank.retrieval.R@1"].notna()]
         n = int(g["n"].sum()) if is_summary(g) else len(g)
+        first = len(rows)
         for rule in FUSIONS:
             col = f"rerank.{rule}.R@1"
             if col not in g or g[col].isna().any():
@@ -247,6 +248,15 @@ def rerank_gains(results: pd.DataFrame) -> pd.DataFrame:
                          "change": diff.mean(), "change std": diff.std(ddof=1) if paired else math.nan,
                          "seeds": n, "reported": rule == reported_rule(g.iloc[0]),
                          "chosen on": chosen if isinstance(chosen, str) and chosen else "parameter"})
+        picks = [reported_rule(r) for _, r in g.iterrows()]
+        if len(set(picks)) > 1 and rows[first:]:  # the seeds chose different rules: each run reports its own
+            own = pd.Series([r[f"rerank.{rule}.R@1"] for (_, r), rule in zip(g.iterrows(), picks)], index=g.index)
+            diff = own - g["rerank.retrieval.R@1"]
+            counts = ", ".join(f"{rule} x{picks.count(rule)}" for rule in dict.fromkeys(picks))
+            rows += [dict(rows[first], rule=f"each run's own: {counts}", reported=True, **{"re-ranked R@1": own.mean(),
+                          "change": diff.mean(), "change std": diff.std(ddof=1) if len(g) > 1 else math.nan})]
+            for row in rows[first:-1]:
+                row["reported"] = False
     return pd.DataFrame(rows, columns=["re-ranker", "reranker", "rule", "retrieval R@1", "re-ranked R@1", "change",
                                        "change std", "seeds", "reported", "chosen on"])
 
@@ -265,7 +275,7 @@ def overview(root: Optional[Path] = None, paths: Optional[list[Path]] = None) ->
     """Every sweep run found (under outputs/ or root, or in the given CSV files): where its numbers were computed,
     on what data and hardware, with which recipe, and how long it took."""
     cols = ["sweep", "run", "source_run", "status", "seed", "seeds", "param.epochs", "data", "model", "device",
-            "git_commit", "started", "run_s"]
+            "git_commit", "started", "run_s", "train_s"]
     frames = [read_rows(p) for p in (find_results(root) if paths is None else paths)]
     if not frames:
         return pd.DataFrame(columns=cols)
