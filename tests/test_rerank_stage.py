@@ -98,8 +98,8 @@ def test_notebook_04_runs_offline(outputs, monkeypatch, tmp_path):
     assert "The rule this run reports is 'weighted', set by the fusion parameter" in text
     assert "rank 1 (" in text and f"{m['weighted']['R@1'] - m['retrieval']['R@1']:+.2f} points of R@1" in text, \
         "the run's own stage-2 change, in queries and points"
-    assert "Over seeds, the `vlms` sweep (recorded in docs/results/vlms.csv; 16 epochs" in text
-    assert "Caution: that sweep trained 16 epochs and this run 48" in text, "a shorter recipe is never unlabelled"
+    assert "Over seeds, the `vlms` sweep (recorded in docs/results/vlms.csv; 48 epochs (the default recipe)" in text
+    assert "Same training budget as this run" in text, "the recipe is said (a shorter one: test_results_record)"
 
 
 # --- fusion: validation (issue 19): the reported rule is chosen on the held-out buildings, never on test -----------
