@@ -130,8 +130,23 @@ def compare(args) -> None:
     rows.append(("flat (exact, float32)", 0.0, flat_bytes, qps_flat, 100.0, 100.0))
     del flat
     if not args.skip_hnsw:
-        run(f"HNSW{args.hnsw_m} (efSearch 64)", lambda: search.build(g, f"HNSW{args.hnsw_m}"),
-            lambda idx: lambda: (setattr(idx.hnsw, "efSearch", 64), idx.search(q, 10))[1])
+        hnsw = {}
+
+        def hnsw_search(ef):
+            def go():
+                hnsw["index"].hnsw.efSearch = ef
+                return hnsw["index"].search(q, 10)
+            return go
+
+        ef0, *more_ef = args.ef_search
+        build_hnsw = lambda: hnsw.setdefault("index", search.build(g, f"HNSW{args.hnsw_m}"))  # noqa: E731
+        run(f"HNSW{args.hnsw_m}, efSearch {ef0}", build_hnsw, lambda idx: hnsw_search(ef0))
+        t_build_hnsw, mem_hnsw = rows[-1][1], rows[-1][2]
+        for ef in more_ef:
+            (_, i), t = timed(hnsw_search(ef))
+            same, kept, _ = agreement(i, ex_i, truth)
+            rows.append((f"HNSW{args.hnsw_m}, efSearch {ef}", t_build_hnsw, mem_hnsw, len(q) / t, same, kept))
+        del hnsw["index"]
     nlist = args.nlist or (4096 if n >= 500_000 else 1 << int(np.log2(max(4 * np.sqrt(n), 16))))
     spec = f"IVF{nlist},PQ{args.pq}"
     ivf = {}
@@ -194,6 +209,7 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--rescore", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[64], help="HNSW search breadths, one row each")
     ap.add_argument("--skip-hnsw", action="store_true")
     ap.add_argument("--exact-sample", type=int, default=256)
     ap.add_argument("--pipeline", action="store_true", help="also measure a run's peak RSS in a separate process")

@@ -28,6 +28,7 @@ from vici_utils.params import validate  # noqa: E402
 from vici_utils.u1652 import ImageItem, RetrievalSet  # noqa: E402
 
 CFG = validate({"run_name": "figs"})
+BEST = validate({"run_name": "figs", "select_epoch": "best"})
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +183,7 @@ def _log(val_r10=95.6):
 
 def test_val_and_test_draws_each_chance_level_with_its_gallery_size():
     test = {"R@1": 13.3, "R@5": 41.2, "R@10": 58.2, "n_gallery": 200, "cmc": np.linspace(13.3, 100, 200)}
-    fig = training_figures.val_and_test(_log(), 40, test, CFG)
+    fig = training_figures.val_and_test(_log(), 40, test, CFG, kept_epoch=4)
     ax = fig.axes[0]
     chance = sorted(round(y, 6) for coll in ax.collections for seg in coll.get_segments() for y in {seg[0][1]})
     assert chance == sorted([2.5, 12.5, 25.0, 0.5, 2.5, 5.0])
@@ -190,12 +191,14 @@ def test_val_and_test_draws_each_chance_level_with_its_gallery_size():
     assert "40 tiles" in legend and "200 tiles" in legend
     assert "epoch 4" in legend, "the validation numbers are those of the selected epoch"
     assert_legends_clear(fig)
+    assert "epoch 2" in " ".join(t.get_text() for t in training_figures.val_and_test(
+        _log(), 40, test, BEST, kept_epoch=2).legends[0].get_texts()), "the epoch training kept, not the latest"
     assert "weights: trained checkpoint x" in training_figures.val_and_test(
-        _log(), 40, test, CFG, model="m; weights: trained checkpoint x").texts[-1].get_text()
+        _log(), 40, test, CFG, 4, model="m; weights: trained checkpoint x").texts[-1].get_text()
 
 
 def test_training_curves_draw_the_validation_chance_level():
-    fig = training_figures.curves(_log(), CFG, val_gallery=40)
+    fig = training_figures.curves(_log(), BEST, val_gallery=40, kept_epoch=2)
     levels = {round(line.get_ydata()[0], 6) for line in fig.axes[1].get_lines()
               if line.get_linestyle() == ":" and len(line.get_ydata())}
     assert {2.5, 12.5, 25.0} <= levels
@@ -204,6 +207,8 @@ def test_training_curves_draw_the_validation_chance_level():
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "drone_rate P = 0.3 (the target)" in legend and "recall by chance (k / tiles)" in legend, legend
     assert len({ax.title.get_fontsize() for ax in fig.axes if ax.get_title()}) == 1, "one title size for the panels"
+    assert any("kept (best epoch): R@1 20.0 at epoch 2" in t for t in legend), legend
+    assert training_figures.kept_row(_log(), 3) is None, "an epoch without a check has no row to show"
     training_figures.curves(_log(), CFG)   # the notebook's old call still works
 
 

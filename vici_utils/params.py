@@ -317,6 +317,7 @@ def as_stored(raw: dict) -> dict:
     """A stored run's parameters (already upgraded), with the keys it predates set to how it behaved."""
     return {**STORED_BEFORE, **raw}
 
+
 # What only notebook 04 reads (the "re-ranking" fields above): a run of notebooks 02-03 is the same work whatever
 # they are, so a sweep reuses it across them.
 RERANK_KEYS = (

@@ -4,8 +4,8 @@
     torchrun --nproc_per_node N -m vici_utils.train params/X.yaml [--set key=value ...]
 
 Writes outputs/<run>/train/: last.pt (everything needed to resume), best.pt (the kept epoch's model: the last,
-or the best validation R@1 under select_epoch: best), train_log.csv (one row per epoch), config.yaml (the resolved parameters) and
-result.json (written when training completes; a rerun then returns at once).
+or the best validation R@1 under select_epoch: best), train_log.csv (one row per epoch), config.yaml (the resolved
+parameters) and result.json (written when training completes, with the kept epoch; a rerun then returns at once).
 """
 from __future__ import annotations
 

@@ -111,17 +111,17 @@ def _eval_name(which: str) -> str:
     return "held-out train buildings" if which == "val" else "TEST set (select_on: test)"
 
 
-def kept_row(log, cfg):
-    """The checked epoch best.pt holds: the last (select_epoch: last), else the best R@1 (the first on ties)."""
-    val = log.dropna(subset=["R@1"])
-    if not len(val):
-        return None
-    return val.iloc[-1] if cfg.select_epoch == "last" else val.loc[val["R@1"].idxmax()]
+def kept_row(log, kept_epoch: int | None):
+    """The log's row of the epoch best.pt holds (training's `best_epoch`, which training chose), or None when that
+    epoch was not checked or nothing was kept."""
+    row = log[(log["epoch"] == kept_epoch) & log["R@1"].notna()]
+    return row.iloc[0] if len(row) else None
 
 
-def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = None):
+def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = None, kept_epoch: int | None = None):
     """Loss (with the chance level log B), recall on the checked set with its chance level (k / val_gallery, when
-    the gallery size is given), and the learned temperature per epoch."""
+    the gallery size is given), and the learned temperature per epoch; kept_epoch (training's `best_epoch`) is
+    marked."""
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(12, 3.6))
     ax.plot(log["epoch"], log["loss"], color="#2166ac", label="training loss")
     b = batch_size or cfg.batch_size
@@ -137,7 +137,7 @@ def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = No
         if val_gallery:
             kk = int(k[2:])
             bx.axhline(100 * min(kk, val_gallery) / val_gallery, color=c, ls=":", lw=1.2)
-    best = kept_row(log, cfg)
+    best = kept_row(log, kept_epoch)
     if best is not None:
         bx.axvline(best["epoch"], color="0.5", ls="--", lw=1,
                    label=f"kept ({cfg.select_epoch} epoch): R@1 {best['R@1']:.1f} at epoch {int(best['epoch'])}")
@@ -165,14 +165,15 @@ def curves(log, cfg, batch_size: int | None = None, val_gallery: int | None = No
     return stamp(fig, cfg)
 
 
-def val_and_test(log, val_gallery: int, test_metrics: dict, cfg, model: str | None = None):
+def val_and_test(log, val_gallery: int, test_metrics: dict, cfg, kept_epoch: int | None, model: str | None = None):
     """Validation and test recall side by side, each with its chance level and gallery size. Left: R@1/5/10 of
     the selected epoch on the checked set and on the test set, chance as a dashed mark over each bar. Right: the
     same recalls against k as a share of each gallery (R@10 of 40 tiles inspects a quarter of the gallery, R@10
     of 200 tiles a twentieth), with the test CMC as a curve when `test_metrics` holds it.
-    test_metrics: notebook 03's metrics (R@1, R@5, R@10, n_gallery; optionally cmc). model: the stamp's model
-    line (notebook 03: the retrieval result's, which names the evaluated weights)."""
-    best = kept_row(log, cfg)
+    test_metrics: notebook 03's metrics (R@1, R@5, R@10, n_gallery; optionally cmc). kept_epoch: training's
+    `best_epoch`. model: the stamp's model line (notebook 03: the retrieval result's, which names the evaluated
+    weights)."""
+    best = kept_row(log, kept_epoch)
     n_test = int(test_metrics["n_gallery"])
     ks = [int(k[2:]) for k in RECALL_COLOURS]
     sets = []
