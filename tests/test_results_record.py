@@ -85,7 +85,7 @@ def test_every_recorded_row_says_the_recipe_that_made_it():
         assert ours["epochs"].notna().all() and ours["n"].notna().all(), f"{t.name}: a row without its recipe"
     recipes = {t.name: t.recipe for t in tables}
     assert recipes["drone_rate"] == "48 epochs (the default recipe), 5 seeds (0-4)"
-    assert recipes["backbones"].startswith("16/40 epochs (the default recipe trains 48)")
+    assert recipes["backbones"] == recipes["drone_views"] == "48 epochs (the default recipe), 3 seeds (0-2)"
     assert recipes["vlms"].startswith("48 epochs"), "model_from rows (epochs 0) do not count as a recipe"
 
 

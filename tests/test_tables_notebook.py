@@ -31,8 +31,8 @@ def test_notebook_05_sets_a_sweep_beside_the_paper(outputs, tmp_path):
     assert "mine + kreciprocal re-rank (weighted, reported)" in text and "15.50" in text, \
         "this run's own re-ranked rows, the reported rule marked"
     assert "mine + kreciprocal re-rank (reranker)" in text, "every rule of this run, not only the reported one"
-    assert "Feature extractors: `backbones` (recorded in docs/results/backbones.csv; 16/40 epochs (the default " \
-           "recipe trains 48)" in text, "no backbones sweep here: the committed record, with its recipe"
+    assert "Feature extractors: `backbones` (recorded in docs/results/backbones.csv; 48 epochs (the default " \
+           "recipe), 3 seeds (0-2))" in text, "no backbones sweep here: the committed record, with its recipe"
     assert "tiny_drone" in text and "recorded in docs/results/drone_rate.csv" not in text, \
         "a sweep of this outputs folder replaces the record of its kind"
     assert "All sweeps together: 4 distinct runs, 12 min of run time" in text
@@ -46,5 +46,6 @@ def test_notebook_05_runs_with_no_results_at_all(outputs, tmp_path):
     assert "paper's R@1" in text and "63.13" in text, "the paper's numbers beside the recorded rows"
     for name in ("backbones", "vlms", "drone_rate", "ablation", "drone_views"):
         assert f"`{name}` (recorded in docs/results/{name}.csv;" in text, f"{name}: recorded, with its recipe"
-    assert "16 epochs (the default recipe trains 48)" in text and "48 epochs (the default recipe)" in text
+    assert "48 epochs (the default recipe)" in text
+    assert "the default recipe trains 48" not in text, "every committed record trained at the default budget"
     assert images == 3
