@@ -3,7 +3,9 @@
 - `assert_title(fig, expected)`: the figure's title (suptitle, else the single axes' title) starts with the title
   passed in, so a caption cannot overwrite it;
 - `assert_legends_clear(fig)`: every legend lies inside the figure, an axes legend inside its own axes, a figure
-  legend over no axes; and no legend covers plotted data (lines, bars, markers, filled areas) of any axes;
+  legend over no axes and no figure text (the title, the stamp); and no legend covers plotted data (lines, bars,
+  markers, filled areas) of any axes;
+- `assert_tick_labels_apart(fig)`: no two tick labels of one axis overlap;
 - `assert_shared_y(axes)`: panels that compare one quantity have one y-range.
 """
 from __future__ import annotations
@@ -98,7 +100,30 @@ def legend_problems(fig) -> list[str]:
                 problems.append(f"figure legend '{name}' covers the axes '{ax.get_title()}'")
             for hit in data_under(ax, box):
                 problems.append(f"legend '{name}' covers {hit} of the axes '{ax.get_title()}'")
+        if owner is None:
+            for t in fig.texts + [fig._suptitle] * (fig._suptitle is not None):
+                if t.get_visible() and t.get_text() and _overlap(box, t.get_window_extent(renderer)):
+                    problems.append(f"figure legend '{name}' covers the figure text '{t.get_text()[:40]}'")
     return problems
+
+
+def tick_label_overlaps(fig) -> list[str]:
+    """Pairs of overlapping tick labels on any axis of `fig`, as sentences (empty: none)."""
+    renderer = _draw(fig)
+    problems = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+            for i, (a, ba) in enumerate(boxes):
+                problems += [f"tick labels {a!r} and {b!r} overlap on the axes '{ax.get_title()}'"
+                             for b, bb in boxes[i + 1:] if _overlap(ba, bb)]
+    return problems
+
+
+def assert_tick_labels_apart(fig) -> None:
+    problems = tick_label_overlaps(fig)
+    assert not problems, "\n".join(problems)
 
 
 def assert_legends_clear(fig) -> None:
@@ -122,4 +147,5 @@ def assert_shared_y(axes) -> None:
     assert len(ranges) == 1, f"the panels have {len(ranges)} y-ranges: {sorted(ranges)}"
 
 
-__all__ = ["assert_legends_clear", "assert_shared_y", "assert_title", "data_under", "legend_problems"]
+__all__ = ["assert_legends_clear", "assert_shared_y", "assert_tick_labels_apart", "assert_title", "data_under",
+           "legend_problems", "tick_label_overlaps"]

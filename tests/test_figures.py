@@ -18,10 +18,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.conftest import TINY_WORLD  # noqa: E402
-from tests.figure_checks import assert_legends_clear, assert_shared_y, assert_title, legend_problems  # noqa: E402
+from tests.figure_checks import (assert_legends_clear, assert_shared_y, assert_tick_labels_apart,  # noqa: E402
+                                 assert_title, legend_problems, tick_label_overlaps)
 from vici_utils.figures import data as data_figures  # noqa: E402
 from vici_utils.figures import results as result_figures  # noqa: E402
 from vici_utils.figures import retrieval as retrieval_figures  # noqa: E402
+from vici_utils.figures import scale as scale_figures  # noqa: E402
 from vici_utils.figures import stamp  # noqa: E402
 from vici_utils.figures import training as training_figures  # noqa: E402
 from vici_utils.params import validate  # noqa: E402
@@ -118,6 +120,31 @@ def test_legend_checks_catch_a_legend_over_data_and_one_outside_its_axes():
     bx.legend(loc="upper left", bbox_to_anchor=(-0.5, 1.0))
     problems = legend_problems(fig)
     assert any("covers bar" in p for p in problems) and any("outside its axes" in p for p in problems), problems
+
+
+def test_label_checks_catch_a_figure_legend_over_the_title_and_tick_labels_one_over_another():
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([1, 2], [1, 2], label="curve")
+    fig.suptitle("a title")
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_xticks([1.0, 1.01], ["20,000", "20,200"])
+    assert any("covers the figure text 'a title'" in p for p in legend_problems(fig))
+    assert tick_label_overlaps(fig) == ["tick labels '20,000' and '20,200' overlap on the axes ''"]
+
+
+def test_gallery_size_figure_keeps_title_legend_and_size_labels_apart():
+    """Notebook 03's scale figure (its stamp grows the figure at the bottom: the figure legend must move with the
+    axes, not float up over the title), with sizes 20,000 and 20,200 side by side as in a 100x run."""
+    rows = []
+    for size, r1 in ((200, 25.7), (2000, 4.1), (20000, 0.55), (20200, 0.37)):
+        rows += [(size, "exact", "flat", r1, 3 * r1, 1.2 * r1), (size, "compressed", "IVF128,PQ64", r1, 3 * r1, r1)]
+    curve = pd.DataFrame(rows, columns=["size", "search", "index", "R@1", "R@10", "AP"])
+    fig = scale_figures.gallery_size_figure(curve, validate({"run_name": "figs", "world_extra_distractors": 20000}),
+                                            "a model")
+    assert_title(fig, "Street -> satellite accuracy as distractor tiles join the gallery")
+    assert_legends_clear(fig)
+    assert_tick_labels_apart(fig)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["200", "2,000", "", "20,200"]
 
 
 def test_shared_y_check_tells_one_range_from_several():

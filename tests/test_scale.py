@@ -178,6 +178,22 @@ def test_size_curve_exact_rows_are_the_official_metric_of_each_prefix():
     assert comp.loc[600, "R@1"] == pytest.approx(exact.loc[600, "R@1"])  # every list visited: exact top 10
 
 
+def test_gallery_size_sentence_reads_the_curve():
+    import pandas as pd
+
+    from vici_utils.narrative import gallery_size
+
+    def curve(comp_r1):
+        rows = [(200, "exact", "flat", 25.69, 80.78, 34.1), (2200, "exact", "flat", 3.9, 28.1, 6.0),
+                (200, "compressed", "IVF", 25.69, 80.78, 34.1), (2200, "compressed", "IVF", comp_r1, 28.0, 5.9)]
+        return pd.DataFrame(rows, columns=["size", "search", "index", "R@1", "R@10", "AP"])
+
+    same = gallery_size(curve(3.9))
+    assert same.startswith("From 200 to 2,200 gallery tiles (11x), exact search's R@1 goes from 25.7 % to 3.9 %")
+    assert same.endswith("gives exact search's R@1 at every size."), "no 'within 0.0 points'"
+    assert gallery_size(curve(3.5)).endswith("stays within 0.4 points of exact R@1 at every size.")
+
+
 def test_notebook_03_draws_the_gallery_size_curve_when_extra_tiles_are_present(tiny_world_outputs, monkeypatch,
                                                                               tmp_path):
     from tests.notebooks import execute
@@ -186,7 +202,9 @@ def test_notebook_03_draws_the_gallery_size_curve_when_extra_tiles_are_present(t
     monkeypatch.setenv("VICI_HEADLESS", "1")
     text, images = execute("03_retrieval.ipynb", tmp_path / "03.ipynb", **TINY_WORLD, **TINY_MODEL, run_name="nb03x",
                            epochs=0, world_extra_distractors=60)
-    assert "gallery tiles (" in text and "stays within" in text and "No extra distractor tiles" not in text
+    assert "gallery tiles (" in text and "No extra distractor tiles" not in text
+    assert "distractor buildings, and 60 extra distractor tiles)" in text, "the gallery line counts the extra tiles"
+    assert "stays within" in text or "gives exact search's R@1 at every size" in text
     summary = json.loads((tiny_world_outputs / "nb03x" / "retrieval" / "metrics.json").read_text())
     assert summary["n_extra_distractors"] == 60 and "60 rendered tiles" in summary["data"]
 

@@ -56,6 +56,19 @@ def test_a_float16_memory_mapped_gallery_gives_the_same_candidates(data, tmp_pat
     assert np.mean(i16[:, 0] == exact[:, 0]) > 0.95
 
 
+def test_rescoring_a_float16_memmap_in_blocks_equals_rescoring_its_float32_copy(data, tmp_path):
+    """The float16 path converts through a float32 buffer reused across blocks of queries: every block must see
+    its own rows, not the previous block's."""
+    q, g = data
+    np.save(tmp_path / "g.npy", g.astype(np.float16))
+    g16 = np.load(tmp_path / "g.npy", mmap_mode="r")
+    cand = np.random.default_rng(3).integers(-1, len(g), (len(q), 40))
+    s16, i16 = search.rescore(q, g16, cand, 10, rows=7)   # 80 queries: 12 blocks, the last one short
+    s32, i32 = search.rescore(q, np.asarray(g16, np.float32), cand, 10, rows=80)
+    np.testing.assert_array_equal(i16, i32)
+    np.testing.assert_array_equal(s16, s32)
+
+
 def test_training_sample_size_follows_the_lists_and_pq():
     import faiss
 

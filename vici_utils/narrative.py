@@ -362,5 +362,6 @@ def gallery_size(curve) -> str:
     worst = (exact["R@1"] - comp["R@1"]).abs().max()
     return (f"From {n0:,} to {n1:,} gallery tiles ({n1 / n0:.0f}x), exact search's R@1 goes from "
             f"{exact.loc[n0, 'R@1']:.1f} % to {exact.loc[n1, 'R@1']:.1f} % and R@10 from {exact.loc[n0, 'R@10']:.1f} % "
-            f"to {exact.loc[n1, 'R@10']:.1f} %; the compressed index ({comp['index'].iloc[-1]}) stays within "
-            f"{worst:.1f} points of exact R@1 at every size.")
+            f"to {exact.loc[n1, 'R@10']:.1f} %; the compressed index ({comp['index'].iloc[-1]}) "
+            + (f"stays within {worst:.1f} points of exact R@1 at every size." if round(worst, 1) else
+               "gives exact search's R@1 at every size."))

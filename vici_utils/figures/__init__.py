@@ -77,6 +77,9 @@ def _grow_bottom(fig, inches: float) -> None:
     text where it is relative to the top: their sizes in inches do not change."""
     w, h = fig.get_size_inches()
     new_h = h + inches
+    # figure-legend anchors in inches, read before the resize rescales their display coordinates
+    anchors = [(lg, lg.get_bbox_to_anchor()) for lg in fig.legends]
+    anchors = [(lg, a.x0 / fig.dpi, a.y0 / fig.dpi) for lg, a in anchors]
     fig.set_size_inches(w, new_h, forward=False)
     for ax in fig.axes:
         p = ax.get_position()
@@ -84,10 +87,8 @@ def _grow_bottom(fig, inches: float) -> None:
     for t in fig.texts:
         x, y = t.get_position()
         t.set_position((x, (y * h + inches) / new_h))
-    for lg in fig.legends:   # a figure legend stays where it was relative to the axes above it
-        anchor = lg.get_bbox_to_anchor()
-        lg.set_bbox_to_anchor((anchor.x0 / (w * fig.dpi), (anchor.y0 / fig.dpi + inches) / new_h),
-                              transform=fig.transFigure)
+    for lg, x, y in anchors:   # a figure legend stays where it was relative to the axes above it
+        lg.set_bbox_to_anchor((x / w, (y + inches) / new_h), transform=fig.transFigure)
 
 
 def drawable(text: str) -> str:

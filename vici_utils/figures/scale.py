@@ -21,7 +21,7 @@ def gallery_size_figure(curve, cfg, model: str):
         ax.set_xscale("log")
         sizes = sorted(curve["size"].unique())
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticks(sizes, [f"{n:,}" for n in sizes], fontsize=7, rotation=30)
+        ax.set_xticks(sizes, _size_labels(sizes), fontsize=7, rotation=30)
         ax.set_xlabel("gallery tiles")
         ax.set_title(measure + (" (%)" if measure != "AP" else " (%; compressed: top-10 lower bound)"), fontsize=9)
         ax.grid(alpha=0.3)
@@ -31,3 +31,14 @@ def gallery_size_figure(curve, cfg, model: str):
                bbox_to_anchor=(0.5, 0.93), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.88))
     return stamp(fig, cfg, model=model)
+
+
+def _size_labels(sizes, apart: float = 1.5) -> list[str]:
+    """Tick labels for sorted gallery sizes on a log axis: the largest always, a smaller one only if it is at
+    least `apart` times below the last labelled (20,000 beside 20,200 would print one over the other)."""
+    labels, last = [], None
+    for n in reversed(sizes):
+        keep = last is None or last / n >= apart
+        labels.append(f"{n:,}" if keep else "")
+        last = n if keep else last
+    return labels[::-1]
