@@ -70,10 +70,10 @@ def _rows(gallery, idx, out: Optional[torch.Tensor] = None) -> np.ndarray:
     value at a time, torch's vectorised copy into a reused float32 buffer (`out`) was 8x faster (re-scoring a
     million-tile memmap's top 1,000 spent three quarters of its time converting)."""
     rows = gallery[idx]
-    if out is None or rows.dtype != np.float16 or not rows.flags.writeable:
+    if out is None or not rows.flags.writeable:   # a slice of a read-only memmap: torch takes writable arrays only
         return np.ascontiguousarray(rows, dtype=np.float32)
     dst = out.view(-1)[:rows.size].view(rows.shape)
-    dst.copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+    dst.copy_(torch.from_numpy(rows))
     return dst.numpy()
 
 
@@ -137,7 +137,8 @@ def rescore(query_feats, gallery, candidates: np.ndarray, k: int, rows: int = 64
     k = min(int(k), candidates.shape[1])
     out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
     out_i = np.full((len(q), k), -1, dtype=np.int64)
-    buffer = torch.empty(min(rows, len(q)) * candidates.shape[1] * q.shape[1], dtype=torch.float32)
+    buffer = (torch.empty(min(rows, len(q)) * candidates.shape[1] * q.shape[1], dtype=torch.float32)
+              if gallery.dtype == np.float16 else None)
     for r0 in range(0, len(q), rows):  # [rows, K', dim] float32 at a time, never every query's candidates
         cand = candidates[r0:r0 + rows]
         found = cand >= 0

@@ -78,8 +78,7 @@ def _grow_bottom(fig, inches: float) -> None:
     w, h = fig.get_size_inches()
     new_h = h + inches
     # figure-legend anchors in inches, read before the resize rescales their display coordinates
-    anchors = [(lg, lg.get_bbox_to_anchor()) for lg in fig.legends]
-    anchors = [(lg, a.x0 / fig.dpi, a.y0 / fig.dpi) for lg, a in anchors]
+    anchors = [(lg, lg.get_bbox_to_anchor().x0 / fig.dpi, lg.get_bbox_to_anchor().y0 / fig.dpi) for lg in fig.legends]
     fig.set_size_inches(w, new_h, forward=False)
     for ax in fig.axes:
         p = ax.get_position()
